@@ -1,0 +1,145 @@
+"""Configuration of the multi-task sentence classifier.
+
+Everything the model needs to rebuild itself lives here: the backbone's own config (nested),
+the task schema (task name -> label names, in column order), pooling, head options and loss
+weights. `save_pretrained` / `from_pretrained` round-trip all of it through `config.json`.
+"""
+
+import re
+
+from transformers import AutoConfig, DistilBertConfig, PretrainedConfig
+
+DEFAULT_TASKS = {
+    "topic": ["Finance/Tech", "Health/Lifestyle", "Entertainment/Sports"],
+    "sentiment": ["Negative", "Positive"],
+}
+POOLING_MODES = ("mean", "cls", "max")
+HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
+_TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _schema(tasks):
+    """A task schema as a plain ordered dict; accepts a mapping or a list of (name, labels) pairs, which is how
+    config.json stores it (JSON objects are written with sorted keys, which would lose the task order)."""
+    pairs = tasks.items() if hasattr(tasks, "items") else tasks
+    return {name: list(labels) for name, labels in pairs}
+
+
+class MultiTaskConfig(PretrainedConfig):
+    r"""
+    Configuration for [`MultiTaskModel`]: one shared sentence encoder, one classification head per task.
+
+    Args:
+        backbone_config (`PretrainedConfig` or `dict`, *optional*):
+            The encoder's own configuration; any config `AutoModel.from_config` can build. A dict must hold a
+            `model_type`. Defaults to `DistilBertConfig()`, the original design's encoder.
+        tasks (`dict[str, list[str]]`, *optional*):
+            Ordered mapping task name -> label names. Column `i` of a task's logits is label `tasks[task][i]`.
+            Task names are Python identifiers (they become the `labels_<task>` keyword of `forward`).
+            Defaults to topic (3 labels) and sentiment (2 labels).
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            How token states become one sentence embedding: `"mean"` (masked mean over real tokens), `"cls"`
+            (first token) or `"max"` (masked max over real tokens).
+        classifier_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout applied to the sentence embedding before each head (and after the hidden layer, if any).
+        head_hidden_size (`int`, *optional*, defaults to 0):
+            Size of an optional hidden layer in every head; 0 means each head is a single linear layer.
+        head_activation (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the hidden layer (`"gelu"`, `"relu"` or `"tanh"`); unused when `head_hidden_size` is 0.
+        loss_weights (`dict[str, float]`, *optional*):
+            Weight of each task's mean cross-entropy in the total loss. Tasks not named get 1.0, so the default is
+            the plain sum of the original design.
+    """
+
+    model_type = "multitask_sentence_classifier"
+
+    def __init__(
+        self,
+        backbone_config=None,
+        tasks=None,
+        pooling="mean",
+        classifier_dropout=0.1,
+        head_hidden_size=0,
+        head_activation="gelu",
+        loss_weights=None,
+        **kwargs,
+    ):
+        if backbone_config is None:
+            backbone_config = DistilBertConfig()
+        elif isinstance(backbone_config, dict):
+            if "model_type" not in backbone_config:
+                raise ValueError("backbone_config is a dict without 'model_type'; cannot tell which encoder to build")
+            backbone_config = dict(backbone_config)
+            backbone_config = AutoConfig.for_model(backbone_config.pop("model_type"), **backbone_config)
+        elif not isinstance(backbone_config, PretrainedConfig):
+            raise TypeError(
+                f"backbone_config must be a PretrainedConfig, a dict or None, got {type(backbone_config).__name__}"
+            )
+        tasks = _schema(DEFAULT_TASKS if tasks is None else tasks)
+        self._validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights)
+
+        self.backbone_config = backbone_config
+        self.tasks = tasks
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
+        self.head_hidden_size = head_hidden_size
+        self.head_activation = head_activation
+        self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights):
+        if not tasks:
+            raise ValueError("tasks is empty: give at least one task, e.g. {'sentiment': ['Negative', 'Positive']}")
+        for task, labels in tasks.items():
+            if not isinstance(task, str) or not _TASK_NAME.fullmatch(task):
+                raise ValueError(f"task name {task!r} is not a Python identifier (letters, digits, '_')")
+            if len(labels) < 2:
+                raise ValueError(f"task {task!r} has {len(labels)} label(s) {labels}; a task needs at least 2")
+            if not all(isinstance(label, str) and label for label in labels):
+                raise ValueError(f"task {task!r} has a label that is not a non-empty string: {labels}")
+            duplicates = sorted({label for label in labels if labels.count(label) > 1})
+            if duplicates:
+                raise ValueError(f"task {task!r} has duplicate labels {duplicates}")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling {pooling!r} is not one of {list(POOLING_MODES)}")
+        if not 0.0 <= classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {classifier_dropout}")
+        if head_hidden_size < 0:
+            raise ValueError(f"head_hidden_size must be >= 0 (0 = no hidden layer), got {head_hidden_size}")
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_activation {head_activation!r} is not one of {list(HEAD_ACTIVATIONS)}")
+        for task, weight in (loss_weights or {}).items():
+            if task not in tasks:
+                raise ValueError(f"loss_weights names unknown task {task!r}; tasks are {list(tasks)}")
+            if weight < 0:
+                raise ValueError(f"loss weight of task {task!r} must be >= 0, got {weight}")
+
+    def __setattr__(self, key, value):
+        # `from_pretrained(path, tasks=...)` sets attributes on the loaded config. Changing the schema of a config
+        # that already has one would silently pair checkpoint heads with the wrong labels, so refuse it.
+        if key == "tasks" and "tasks" in self.__dict__ and _schema(value) != self.__dict__["tasks"]:
+            raise ValueError(
+                f"this config (or checkpoint) was built for tasks {self.__dict__['tasks']} but tasks "
+                f"{_schema(value)} were asked for; to train new heads, use MultiTaskModel.from_backbone(...)"
+            )
+        super().__setattr__(key, value)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["tasks"] = [[task, labels] for task, labels in self.tasks.items()]
+        return output
+
+    @property
+    def task_id2label(self):
+        """Per-task `id2label`: `{task: {0: label, 1: label, ...}}`."""
+        return {task: dict(enumerate(labels)) for task, labels in self.tasks.items()}
+
+    @property
+    def task_label2id(self):
+        """Per-task `label2id`: `{task: {label: 0, ...}}`."""
+        return {task: {label: i for i, label in enumerate(labels)} for task, labels in self.tasks.items()}
+
+    @property
+    def hidden_size(self):
+        return self.backbone_config.hidden_size

@@ -1,0 +1,251 @@
+"""Multi-task sentence classifier: a shared encoder, a pooling step, one classification head per task.
+
+Reads top to bottom: pooling, the head, the output dataclass, the model. One forward pass answers
+every task in `config.tasks`; labels come as `labels_<task>` keyword arguments, -100 = no label.
+"""
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+try:  # imported as remote code (a package made by transformers) ...
+    from .configuration_multitask import MultiTaskConfig
+except ImportError:  # ... or as a top-level module of this repository
+    from configuration_multitask import MultiTaskConfig
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def pool(hidden_states, attention_mask, mode):
+    """Turn token states (batch, seq, hidden) into sentence embeddings (batch, hidden).
+
+    `mean` and `max` look at real tokens only (attention_mask == 1), so padding never changes a sentence's
+    embedding; `cls` takes the first token.
+    """
+    if mode == "cls":
+        return hidden_states[:, 0]  # (batch, hidden)
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # (batch, seq, 1)
+    if mode == "mean":
+        summed = (hidden_states * mask).sum(dim=1)  # (batch, hidden)
+        counts = mask.sum(dim=1).clamp(min=1e-9)  # (batch, 1)
+        return summed / counts
+    if mode == "max":
+        lowest = torch.finfo(hidden_states.dtype).min
+        return hidden_states.masked_fill(mask == 0, lowest).max(dim=1).values  # (batch, hidden)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+class TaskHead(nn.Module):
+    """dropout -> [linear -> activation -> dropout] -> linear: sentence embedding to one task's logits."""
+
+    def __init__(self, hidden_size, num_labels, dropout, head_hidden_size=0, activation="gelu"):
+        super().__init__()
+        layers = [nn.Dropout(dropout)]
+        if head_hidden_size:
+            layers += [nn.Linear(hidden_size, head_hidden_size), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            hidden_size = head_hidden_size
+        self.layers = nn.Sequential(*layers)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, embeddings):
+        return self.out_proj(self.layers(embeddings))  # (batch, num_labels)
+
+
+@dataclass
+class MultiTaskModelOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when any `labels_<task>` is given):
+            Sum over tasks of `loss_weights[task] * task_losses[task]`.
+        logits (`dict[str, torch.FloatTensor]`):
+            Task name -> tensor of shape `(batch, len(config.tasks[task]))`, columns in label order.
+        embeddings (`torch.FloatTensor` of shape `(batch, hidden)`):
+            Pooled sentence embeddings (not normalised) that every head reads.
+        task_losses (`dict[str, torch.FloatTensor]`, *optional*):
+            Task name -> mean cross-entropy over that task's labelled examples in the batch (0.0 when the batch
+            holds none), for the tasks whose labels were given.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: dict[str, torch.FloatTensor] | None = None
+    embeddings: torch.FloatTensor | None = None
+    task_losses: dict[str, torch.FloatTensor] | None = None
+
+
+class MultiTaskPreTrainedModel(PreTrainedModel):
+    config_class = MultiTaskConfig
+    base_model_prefix = "multitask"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # forward takes **labels for the task labels, not Trainer's loss kwargs (num_items_in_batch)
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        # Only the heads are ours; the backbone is a PreTrainedModel and initialises itself. The `init` functions
+        # skip tensors already loaded from a checkpoint, so pretrained weights are never overwritten.
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=getattr(self.config.backbone_config, "initializer_range", 0.02))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class MultiTaskModel(MultiTaskPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        self.heads = nn.ModuleDict(
+            {
+                task: TaskHead(
+                    config.hidden_size,
+                    len(labels),
+                    config.classifier_dropout,
+                    config.head_hidden_size,
+                    config.head_activation,
+                )
+                for task, labels in config.tasks.items()
+            }
+        )
+        self._backbone_takes_token_type_ids = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, name_or_path, tasks=None, **config_kwargs):
+        """Pretrained encoder weights (one `AutoModel.from_pretrained` call) plus freshly initialised heads.
+
+        `name_or_path` is a Hub name or a local directory; `config_kwargs` go to [`MultiTaskConfig`].
+        """
+        backbone = AutoModel.from_pretrained(name_or_path)
+        config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
+        model = cls(config)
+        model.backbone = backbone
+        return model
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, **labels):
+        r"""
+        labels_<task> (`torch.LongTensor` of shape `(batch,)`, *optional*):
+            Label ids of `<task>` (indices into `config.tasks[task]`); -100 marks an example with no label for it.
+        """
+        unknown = sorted(k for k in labels if k.removeprefix("labels_") not in self.config.tasks)
+        if unknown:
+            expected = [f"labels_{task}" for task in self.config.tasks]
+            raise TypeError(f"forward() got unexpected keyword argument(s) {unknown}; task labels are {expected}")
+        if attention_mask is None:
+            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        backbone_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        if token_type_ids is not None and self._backbone_takes_token_type_ids:
+            backbone_inputs["token_type_ids"] = token_type_ids
+
+        hidden_states = self.backbone(**backbone_inputs).last_hidden_state  # (batch, seq, hidden)
+        embeddings = pool(hidden_states, attention_mask, self.config.pooling)  # (batch, hidden)
+        logits = {task: head(embeddings) for task, head in self.heads.items()}  # task -> (batch, n_labels)
+
+        loss, task_losses = None, None
+        if labels:
+            task_losses = {}
+            for task in self.config.tasks:
+                task_labels = labels.get(f"labels_{task}")
+                if task_labels is None:
+                    continue
+                task_labels = task_labels.to(logits[task].device).view(-1)
+                if (task_labels != IGNORE_INDEX).any():
+                    task_losses[task] = F.cross_entropy(logits[task], task_labels, ignore_index=IGNORE_INDEX)
+                else:
+                    # No labelled example for this task in the batch: exactly 0, but still connected to the
+                    # head so DDP sees every parameter used (its gradient is 0).
+                    task_losses[task] = logits[task].sum() * 0.0
+            loss = sum(self.config.loss_weights[task] * value for task, value in task_losses.items())
+
+        return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)
+
+    # ----- inference helpers ------------------------------------------------------------------------------------
+
+    def _tokenize(self, texts, tokenizer, max_length=None):
+        """Tokenise a batch with truncation to the encoder's limit; warn for each text that was cut."""
+        limit = min(
+            max_length or tokenizer.model_max_length,
+            tokenizer.model_max_length,
+            getattr(self.config.backbone_config, "max_position_embeddings", tokenizer.model_max_length),
+        )
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        lengths = batch["attention_mask"].sum(dim=1)
+        for i in (lengths == limit).nonzero().flatten().tolist():
+            full = len(tokenizer(texts[i], add_special_tokens=True)["input_ids"])
+            if full > limit:
+                logger.warning("text of %d characters has %d tokens; truncated to %d", len(texts[i]), full, limit)
+        return batch.to(self.device)
+
+    @staticmethod
+    def _check_texts(texts):
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}); every text must be a str")
+        return texts
+
+    @torch.inference_mode()
+    def _run_sorted(self, texts, tokenizer, batch_size, max_length=None):
+        """Yield (indices, output) over length-sorted batches, so each batch pads little; callers restore order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self._tokenize([texts[i] for i in idx], tokenizer, max_length)
+                yield idx, self(**batch)
+        finally:
+            self.train(was_training)
+
+    def encode(self, texts, tokenizer, batch_size=32, normalize=False, max_length=None):
+        """Fixed-length sentence embeddings, a tensor of shape (n, hidden), in input order."""
+        texts = self._check_texts(texts)
+        out = torch.empty(len(texts), self.config.hidden_size)
+        for idx, output in self._run_sorted(texts, tokenizer, batch_size, max_length):
+            emb = output.embeddings.float()  # (batch, hidden)
+            out[idx] = (F.normalize(emb, p=2, dim=-1) if normalize else emb).cpu()
+        return out
+
+    def predict(self, texts, tokenizer, batch_size=32, top_k=1, max_length=None):
+        """One dict per text: `{task: {"label": name, "score": probability}}`; with `top_k > 1`, a list of the
+        top-k such dicts per task."""
+        texts = self._check_texts(texts)
+        results = [None] * len(texts)
+        for idx, output in self._run_sorted(texts, tokenizer, batch_size, max_length):
+            per_task = {}
+            for task, task_logits in output.logits.items():
+                k = min(top_k, task_logits.shape[-1])
+                scores, ids = task_logits.float().softmax(dim=-1).topk(k, dim=-1)  # (batch, k)
+                per_task[task] = (scores.tolist(), ids.tolist())
+            for row, i in enumerate(idx):
+                results[i] = {}
+                for task, (scores, ids) in per_task.items():
+                    labels = self.config.tasks[task]
+                    top = [{"label": labels[j], "score": s} for s, j in zip(scores[row], ids[row], strict=True)]
+                    results[i][task] = top[0] if top_k == 1 else top
+        return results
+
+
+MultiTaskConfig.register_for_auto_class()
+MultiTaskModel.register_for_auto_class("AutoModel")
+
+__all__ = ["MultiTaskModel", "MultiTaskModelOutput", "MultiTaskPreTrainedModel", "TaskHead", "pool"]
