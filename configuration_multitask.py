@@ -118,11 +118,13 @@ class MultiTaskConfig(PretrainedConfig):
     def __setattr__(self, key, value):
         # `from_pretrained(path, tasks=...)` sets attributes on the loaded config. Changing the schema of a config
         # that already has one would silently pair checkpoint heads with the wrong labels, so refuse it.
-        if key == "tasks" and "tasks" in self.__dict__ and _schema(value) != self.__dict__["tasks"]:
-            raise ValueError(
-                f"this config (or checkpoint) was built for tasks {self.__dict__['tasks']} but tasks "
-                f"{_schema(value)} were asked for; to train new heads, use MultiTaskModel.from_backbone(...)"
-            )
+        if key == "tasks":
+            value = _schema(value)  # store the ordered-dict form whichever accepted form was given
+            if "tasks" in self.__dict__ and value != self.__dict__["tasks"]:
+                raise ValueError(
+                    f"this config (or checkpoint) was built for tasks {self.__dict__['tasks']} but tasks "
+                    f"{value} were asked for; to train new heads, use MultiTaskModel.from_backbone(...)"
+                )
         super().__setattr__(key, value)
 
     def to_dict(self):

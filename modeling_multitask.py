@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -23,6 +23,15 @@ except ImportError:  # ... or as a top-level module of this repository
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def backbone_kwargs(backbone_config):
+    """Build encoders without their pooler (BERT, RoBERTa, ...): we pool ourselves, and an unused pooler would
+    only cost memory and break DDP with gradient checkpointing (parameters that never get a gradient)."""
+    model_class = AutoModel._model_mapping.get(type(backbone_config), None)
+    if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
 
 
 def pool(hidden_states, attention_mask, mode):
@@ -102,7 +111,7 @@ class MultiTaskPreTrainedModel(PreTrainedModel):
 class MultiTaskModel(MultiTaskPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
-        self.backbone = AutoModel.from_config(config.backbone_config)
+        self.backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs(config.backbone_config))
         self.heads = nn.ModuleDict(
             {
                 task: TaskHead(
@@ -124,7 +133,7 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         `name_or_path` is a Hub name or a local directory; `config_kwargs` go to [`MultiTaskConfig`].
         """
-        backbone = AutoModel.from_pretrained(name_or_path)
+        backbone = AutoModel.from_pretrained(name_or_path, **backbone_kwargs(AutoConfig.from_pretrained(name_or_path)))
         config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
         model = cls(config)
         model.backbone = backbone
@@ -141,10 +150,11 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         labels_<task> (`torch.LongTensor` of shape `(batch,)`, *optional*):
             Label ids of `<task>` (indices into `config.tasks[task]`); -100 marks an example with no label for it.
         """
-        unknown = sorted(k for k in labels if k.removeprefix("labels_") not in self.config.tasks)
+        expected = [f"labels_{task}" for task in self.config.tasks]
+        unknown = sorted(k for k in labels if k not in expected)
         if unknown:
-            expected = [f"labels_{task}" for task in self.config.tasks]
             raise TypeError(f"forward() got unexpected keyword argument(s) {unknown}; task labels are {expected}")
+        labels = {k: v for k, v in labels.items() if v is not None}  # labels_<task>=None: no labels for that task
         if attention_mask is None:
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
             device = input_ids.device if input_ids is not None else inputs_embeds.device

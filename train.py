@@ -380,7 +380,10 @@ def save_final(trainer, output_dir):
 def main(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
+    if isinstance(argv, dict):  # programmatic use: {"backbone": ..., "test_file": [], ...}
+        model_args, data_args, training_args = parser.parse_dict(argv)
+        argv = [f"--{key} {value}" for key, value in argv.items()]
+    elif len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     else:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,238 @@
+"""Accuracy on real data: one multi-task model vs one model per task vs logistic regression on frozen embeddings.
+
+    python benchmarks/accuracy.py --data_dir ../shared/data --output_dir runs/accuracy
+
+Reads `{topic,sentiment}_{train,dev}.jsonl` (text + label) from --data_dir; nothing is copied into the repository.
+(a) MultiTaskModel trained jointly on both train files (single-task files mixed, the other task's label masked),
+    saved to OUTPUT_DIR/multitask; (b) one AutoModelForSequenceClassification per task with a plain Trainer;
+    (c) scikit-learn logistic regression on frozen, mean-pooled, normalised embeddings. All use the same encoder
+    and every system gets the same search budget: one value per grid point below, chosen by the dev mean of the
+    two tasks' macro-F1 (there is no separate test split here, so dev figures are slightly optimistic for all).
+Prints a markdown table (dev accuracy / macro-F1 per task, examples processed, wall time) and writes it, with
+the raw figures, to OUTPUT_DIR/results.md and results.json.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import train  # noqa: E402
+from configuration_multitask import DEFAULT_TASKS  # noqa: E402
+from modeling_multitask import MultiTaskModel  # noqa: E402
+from multitask_data import load_entry  # noqa: E402
+
+logger = logging.getLogger("benchmarks.accuracy")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="Folder with {topic,sentiment}_{train,dev}.jsonl.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--backbone", default=train.BUNDLED, help="Encoder for every system.")
+    parser.add_argument("--learning_rates", type=float, nargs="+", default=[5e-5, 1e-4], help="Search grid.")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--logreg_C", type=float, nargs="+", default=[1.0, 10.0], help="Search grid of (c).")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def files(args, task, split):
+    return str(Path(args.data_dir) / f"{task}_{split}.jsonl")
+
+
+def common_training(args, lr, output_dir):
+    return {
+        "output_dir": str(output_dir),
+        "learning_rate": lr,
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": 128,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "logging_steps": 50,
+        "report_to": "none",
+        "seed": args.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "train_sampling_strategy": "group_by_length",
+    }
+
+
+def run_multitask(args, lr, output_dir):
+    tasks = list(DEFAULT_TASKS)
+    start = time.perf_counter()
+    metrics = train.main(
+        {
+            "backbone": args.backbone,
+            "train_file": [f"{task}={files(args, task, 'train')}" for task in tasks],
+            "validation_file": [f"{task}={files(args, task, 'dev')}" for task in tasks],
+            "test_file": [],
+            "max_train_samples": args.max_train_samples and args.max_train_samples * len(tasks),
+            "max_eval_samples": args.max_eval_samples and args.max_eval_samples * len(tasks),
+            **common_training(args, lr, output_dir),
+        }
+    )
+    wall = time.perf_counter() - start
+    examples = round(metrics["train_samples_per_second"] * metrics["train_runtime"])
+    return {task: (metrics[f"eval_{task}_accuracy"], metrics[f"eval_{task}_f1"]) for task in tasks}, examples, wall
+
+
+def run_single_task(args, task, lr, output_dir, encoder):
+    labels = DEFAULT_TASKS[task]
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    splits = {}
+    for split in ("train", "dev"):
+        ds = load_entry(f"{task}={files(args, task, split)}", {task: labels}).rename_column(f"labels_{task}", "labels")
+        cap = args.max_train_samples if split == "train" else args.max_eval_samples
+        if cap is not None and cap < len(ds):
+            ds = ds.shuffle(seed=args.seed).select(range(cap))
+        splits[split] = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True)
+    set_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        encoder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)}
+    )
+    compute = train.make_compute_metrics([task])
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**common_training(args, lr, output_dir)),
+        train_dataset=splits["train"],
+        eval_dataset=splits["dev"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda p: compute(type(p)(predictions=(p.predictions,), label_ids=(p.label_ids,))),
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    metrics = trainer.evaluate()
+    examples = round(result.metrics["train_samples_per_second"] * result.metrics["train_runtime"])
+    return (metrics[f"eval_{task}_accuracy"], metrics[f"eval_{task}_f1"]), examples, wall
+
+
+def run_logreg(args, encoder):
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = MultiTaskModel.from_backbone(encoder)
+    start = time.perf_counter()
+    data = {}
+    for task, labels in DEFAULT_TASKS.items():
+        for split in ("train", "dev"):
+            ds = load_entry(f"{task}={files(args, task, split)}", {task: labels})
+            cap = args.max_train_samples if split == "train" else args.max_eval_samples
+            if cap is not None and cap < len(ds):
+                ds = ds.shuffle(seed=args.seed).select(range(cap))
+            emb = model.encode(ds["text"], tokenizer, batch_size=128, normalize=True).numpy()
+            data[task, split] = (emb, np.array(ds[f"labels_{task}"]))
+    embed_wall = time.perf_counter() - start
+    results, walls = {}, {}
+    for task in DEFAULT_TASKS:
+        (x_train, y_train), (x_dev, y_dev) = data[task, "train"], data[task, "dev"]
+        best = None
+        for c in args.logreg_C:
+            start = time.perf_counter()
+            clf = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
+            walls[task] = walls.get(task, 0.0) + time.perf_counter() - start
+            pred = clf.predict(x_dev)
+            metric = train.TaskMetric(keep_in_memory=True).compute(predictions=pred, references=y_dev)
+            if best is None or metric["f1"] > best[1]:
+                best = (metric["accuracy"], metric["f1"], c)
+        results[task] = best
+    examples = sum(len(data[t, "train"][1]) for t in DEFAULT_TASKS)
+    return results, examples, embed_wall + sum(walls.values())
+
+
+def markdown(rows):
+    lines = [
+        "| system | encoders trained | topic acc | topic F1 | sentiment acc | sentiment F1 | train examples | train wall (s) | chosen |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['encoders']} | {r['topic'][0]:.4f} | {r['topic'][1]:.4f} | {r['sentiment'][0]:.4f} | "
+            f"{r['sentiment'][1]:.4f} | {r['examples']:,} | {r['wall']:.0f} | {r['chosen']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = train.bundled_encoder_path() if args.backbone == train.BUNDLED else args.backbone
+    mean_f1 = lambda res: np.mean([res[t][1] for t in DEFAULT_TASKS])  # noqa: E731
+    rows, search = [], []
+
+    best = None
+    for lr in args.learning_rates:
+        res, examples, wall = run_multitask(args, lr, out / f"multitask-lr{lr:g}")
+        search.append({"system": "multitask", "lr": lr, "dev": res, "examples": examples, "wall": wall})
+        if best is None or mean_f1(res) > mean_f1(best[0]):
+            if best is not None:
+                shutil.rmtree(best[3])
+            best = (res, examples, wall, out / f"multitask-lr{lr:g}", lr)
+        else:
+            shutil.rmtree(out / f"multitask-lr{lr:g}")
+    shutil.rmtree(out / "multitask", ignore_errors=True)
+    best[3].rename(out / "multitask")
+    rows.append({"system": "(a) multi-task (ours)", "encoders": 1, "topic": best[0]["topic"],
+                 "sentiment": best[0]["sentiment"], "examples": best[1], "wall": best[2], "chosen": f"lr={best[4]:g}"})  # fmt: skip
+
+    single = {"examples": 0, "wall": 0.0, "chosen": []}
+    for task in DEFAULT_TASKS:
+        best_task = None
+        for lr in args.learning_rates:
+            res, examples, wall = run_single_task(args, task, lr, out / f"single-{task}", encoder)
+            search.append({"system": f"single-{task}", "lr": lr, "dev": res, "examples": examples, "wall": wall})
+            if best_task is None or res[1] > best_task[0][1]:
+                best_task = (res, examples, wall, lr)
+        shutil.rmtree(out / f"single-{task}", ignore_errors=True)
+        single[task] = best_task[0]
+        single["examples"] += best_task[1]
+        single["wall"] += best_task[2]
+        single["chosen"].append(f"{task} lr={best_task[3]:g}")
+    rows.append({"system": "(b) one model per task", "encoders": 2, **single, "chosen": ", ".join(single["chosen"])})
+
+    res, examples, wall = run_logreg(args, encoder)
+    rows.append({"system": "(c) logistic regression, frozen embeddings", "encoders": 0, "topic": res["topic"][:2],
+                 "sentiment": res["sentiment"][:2], "examples": examples, "wall": wall,
+                 "chosen": ", ".join(f"{t} C={res[t][2]:g}" for t in DEFAULT_TASKS)})  # fmt: skip
+
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    table = markdown(rows)
+    header = (
+        f"Dev-set results, {time.strftime('%Y-%m-%d')}, {machine}; "
+        f"epochs={args.epochs:g}, batch={args.batch_size}, lr grid={args.learning_rates}, seed={args.seed}.\n"
+        f"Command: python benchmarks/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+    )
+    (out / "results.md").write_text(header + "\n" + table + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "search": search}, indent=2), encoding="utf-8")
+    print(header)
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
