@@ -30,11 +30,13 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, has_length
 
 from configuration_multitask import DEFAULT_TASKS
 from modeling_multitask import MultiTaskModel
 from multitask_data import DataError, label_counts, load_split
+from pipeline_multitask import save_pipeline
 
 logger = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
@@ -167,6 +169,19 @@ def make_compute_metrics(tasks):
     return compute_metrics
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches whose order depends only on (seed, epoch), not on the global RNG at the start of the
+    epoch, so a run resumed mid-epoch sees exactly the batches the interrupted run would have seen."""
+
+    def __init__(self, *args, seed=0, **kwargs):
+        super().__init__(*args, generator=torch.Generator(), **kwargs)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.generator.manual_seed(self.seed + epoch)
+
+
 class MultiTaskTrainer(Trainer):
     """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
     builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay."""
@@ -179,6 +194,17 @@ class MultiTaskTrainer(Trainer):
         self.tasks = list(self.model.config.tasks)
         self._task_loss_sums = {}
         self._task_loss_steps = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not has_length(train_dataset):
+            return super()._get_train_sampler(train_dataset)
+        return EpochSeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            dataset=train_dataset,
+            model_input_name=self.processing_class.model_input_names[0] if self.processing_class else None,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The model computes sum_t w_t * mean CE_t itself; num_items_in_batch (token-level loss scaling) does not
@@ -368,6 +394,7 @@ def save_final(trainer, output_dir):
     trainer.save_model(str(tmp))
     if not trainer.is_world_process_zero():
         return
+    save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
     # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
     (tmp / "training_args.bin").unlink(missing_ok=True)
     (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
@@ -375,6 +402,19 @@ def save_final(trainer, output_dir):
     for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
         os.replace(path, output_dir / path.name)
     tmp.rmdir()
+
+
+def last_complete_checkpoint(output_dir):
+    """The newest `checkpoint-N` in output_dir that was written to the end (Trainer writes trainer_state.json last,
+    so a checkpoint cut short by a kill has none), or None."""
+    steps = {
+        int(p.name.split("-")[1]): p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[1].isdigit()
+    }
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / "trainer_state.json").is_file():
+            return str(steps[step])
+        logger.warning("skipping incomplete checkpoint %s (no trainer_state.json)", steps[step])
+    return None
 
 
 def main(argv=None):
@@ -451,7 +491,11 @@ def main(argv=None):
         layerwise_lr_decay=model_args.layerwise_lr_decay,
     )
 
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        resume = last_complete_checkpoint(training_args.output_dir)
+        logger.info("resuming from %s", resume or "scratch (no complete checkpoint yet)")
+    train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
     if eval_ds is not None:
         metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))

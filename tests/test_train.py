@@ -28,9 +28,16 @@ WORDS = (
 def backbone_dir(tmp_path_factory):
     """A tiny random BERT (hidden 32, 2 layers) with a word-level vocabulary, saved like a Hub checkpoint."""
     out = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
+    vocab = list(
+        dict.fromkeys(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
+        )
+    )
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), model_max_length=64).save_pretrained(out)
+    # transformers 5 ignores vocab_file in the constructor; from_pretrained reads vocab.txt from the folder
+    tokenizer = BertTokenizerFast.from_pretrained(out, model_max_length=64)
+    assert len(tokenizer) == len(vocab)
+    tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab),

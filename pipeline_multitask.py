@@ -1,0 +1,121 @@
+"""A `transformers` pipeline for the multi-task classifier, saved next to the model so that
+
+    from transformers import pipeline
+    classify = pipeline(model="PATH_OR_REPO", trust_remote_code=True)
+    classify("Shares of the chipmaker jumped 8% after earnings.")
+    # {"topic": {"label": "Finance/Tech", "score": 0.97}, "sentiment": {"label": "Positive", "score": 0.91}}
+
+works with no code from this repository. The file travels as remote code (copied to a `transformers_modules`
+package), so it imports nothing from the repository: the task schema comes from `model.config.tasks` and the logits
+from the model's output.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from transformers import AutoModel, Pipeline
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+TASK = "multitask-classification"
+
+
+class MultiTaskClassificationPipeline(Pipeline):
+    """One text -> `{task: {"label", "score"}}` for every task of the model; with `top_k=k`, `{task: [k such dicts,
+    best first]}`. A list of texts gives a list of those (`batch_size=` batches them). Texts are truncated to the
+    encoder's limit (`max_length=` lowers it)."""
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def _sanitize_parameters(self, top_k=None, max_length=None):
+        preprocess_params, postprocess_params = {}, {}
+        if max_length is not None:
+            preprocess_params["max_length"] = max_length
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+            postprocess_params["top_k"] = top_k
+        return preprocess_params, {}, postprocess_params
+
+    def _limit(self, max_length=None):
+        """The encoder's token limit: the tokenizer's, the position embeddings' and the caller's, whichever is least."""
+        positions = getattr(self.model.config.backbone_config, "max_position_embeddings", None)
+        return min(n for n in (self.tokenizer.model_max_length, positions, max_length) if n)
+
+    def preprocess(self, text, max_length=None):
+        if not isinstance(text, str):
+            raise TypeError(f"input is {type(text).__name__} ({text!r}); expected a str or a list of str")
+        limit = self._limit(max_length)
+        inputs = self.tokenizer(text, truncation=True, max_length=limit, return_tensors="pt")
+        if inputs["input_ids"].shape[1] == limit:
+            full = len(self.tokenizer(text, verbose=False)["input_ids"])
+            if full > limit:
+                logger.warning("text of %d characters has %d tokens; truncated to %d", len(text), full, limit)
+        return inputs
+
+    def _forward(self, model_inputs):
+        logits = self.model(**model_inputs).logits
+        # Flat keys: the pipeline's un-batching walks a dict of tensors, not a dict of dicts.
+        return {f"logits_{task}": logits[task] for task in self.model.config.tasks}  # each (batch, n_labels)
+
+    def postprocess(self, model_outputs, top_k=1):
+        result = {}
+        for task, labels in self.model.config.tasks.items():
+            probs = model_outputs[f"logits_{task}"][0].float().softmax(dim=-1)  # (n_labels,)
+            scores, ids = probs.topk(min(top_k, len(labels)))
+            top = [{"label": labels[i], "score": s} for s, i in zip(scores.tolist(), ids.tolist(), strict=True)]
+            result[task] = top[0] if top_k == 1 else top
+        return result
+
+
+# Registering is how transformers learns which pipeline class and model class a custom task uses (its documented way
+# to add a pipeline); it must run on import, both here and in the copy `pipeline(..., trust_remote_code=True)` loads.
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=MultiTaskClassificationPipeline, pt_model=AutoModel, type="text"
+)
+
+
+def custom_pipelines():
+    """The `custom_pipelines` entry of `config.json`, as `Pipeline.save_pretrained` writes it:
+    `{"multitask-classification": {"impl": "pipeline_multitask.MultiTaskClassificationPipeline", "pt": ["AutoModel"],
+    "type": "text"}}`."""
+    cls = MultiTaskClassificationPipeline
+    info = dict(cls._registered_impl[TASK])
+    info["impl"] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+    info["pt"] = [model_class.__name__ for model_class in info["pt"]]
+    return {TASK: info}
+
+
+def save_pipeline(save_directory, model=None):
+    """Make a saved model directory loadable with `pipeline(model=save_directory, trust_remote_code=True)`.
+
+    The directory must already hold the model (`save_pretrained`: config.json with its `auto_map`, the remote code,
+    the weights) and the tokenizer. This copies this file into it and adds `custom_pipelines` to its config.json,
+    leaving every other key as it is; config.json is replaced atomically (written aside, then renamed). Pass `model` to
+    also set `model.config.custom_pipelines`, so that later `save_pretrained` calls of that model (e.g. the one
+    `Trainer.push_to_hub` makes) keep the entry. Returns the paths written.
+    """
+    save_directory = Path(save_directory)
+    config_file = save_directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found; save the model (save_pretrained) before its pipeline")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "AutoModel" not in config.get("auto_map", {}):
+        raise ValueError(f"{config_file} has no auto_map['AutoModel']; the pipeline loads the model as remote code")
+
+    entry = custom_pipelines()
+    if model is not None:
+        model.config.custom_pipelines = entry
+    written = custom_object_save(MultiTaskClassificationPipeline, save_directory)
+    config["custom_pipelines"] = entry
+    tmp = config_file.with_name(config_file.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, config_file)
+    return [*written, config_file]
