@@ -178,9 +178,9 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
                 if (task_labels != IGNORE_INDEX).any():
                     task_losses[task] = F.cross_entropy(logits[task], task_labels, ignore_index=IGNORE_INDEX)
                 else:
-                    # No labelled example for this task in the batch: exactly 0, but still connected to the
-                    # head so DDP sees every parameter used (its gradient is 0).
-                    task_losses[task] = logits[task].sum() * 0.0
+                    # No labelled example for this task in the batch: exactly 0 (abs turns -0.0 into 0.0), but
+                    # still connected to the head so DDP sees every parameter used (its gradient is 0).
+                    task_losses[task] = (logits[task].sum() * 0.0).abs()
             loss = sum(self.config.loss_weights[task] * value for task, value in task_losses.items())
 
         return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)

@@ -383,3 +383,41 @@ def test_accelerate_two_processes(backbone_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_csv_and_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text(
+        'text,topic,sentiment\n"shares rose, again",Finance/Tech,Positive\nawful diet,Health/Lifestyle,\n'
+    )
+    parquet_path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["great game"], "label": ["Positive"]}), parquet_path)
+    ds = load_split([str(csv_path), f"sentiment={parquet_path}"], TASKS)
+    assert ds["text"] == ["shares rose, again", "awful diet", "great game"]
+    assert ds["labels_topic"] == [0, 1, -100]
+    assert ds["labels_sentiment"] == [1, -100, 1]
+    pq.write_table(pa.table({"text": ["x"], "label": ["Neutral"]}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: row 1: unknown sentiment label 'Neutral'"):
+        load_split([f"sentiment={tmp_path / 'bad.parquet'}"], TASKS)
+
+
+def test_arguments_from_one_json_file(backbone_dir, tmp_path):
+    out = tmp_path / "out"
+    args = tiny_args(
+        backbone_dir, out, "--max_steps", "2", "--save_strategy", "no", "--load_best_model_at_end", "false"
+    )
+    as_dict = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            values = []
+            for value in args[i + 1 :]:
+                if value.startswith("--"):
+                    break
+                values.append(value)
+            as_dict[arg[2:]] = values if arg[2:].endswith("_file") else (values[0] if values else True)
+    (tmp_path / "args.json").write_text(json.dumps(as_dict))
+    metrics = train.main([str(tmp_path / "args.json")])
+    assert "test_topic_accuracy" in metrics and (out / "model.safetensors").is_file()

@@ -1,0 +1,64 @@
+"""Freezing scenarios on the bundled data: full fine-tuning vs frozen backbone vs partial freezing.
+
+    python benchmarks/freezing.py --output_dir runs/freezing
+
+Each scenario is one `train.py` run with the defaults (bundled data and encoder, 5 epochs, best epoch by
+validation mean F1) plus the scenario's options; the table gives test accuracy per task, trainable parameters
+and training wall time. Extra arguments after `--` go to every run (e.g. `-- --train_file ...`).
+"""
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import train  # noqa: E402
+
+SCENARIOS = {
+    "full fine-tuning": [],
+    "frozen backbone (heads only, head lr 1e-3)": ["--freeze_backbone", "--head_learning_rate", "1e-3"],
+    "embeddings + lowest 3 of 6 layers frozen": ["--freeze_layers", "3"],
+    "full, head lr 1e-3, layer-wise decay 0.8": ["--head_learning_rate", "1e-3", "--layerwise_lr_decay", "0.8"],
+    "topic head frozen (random), rest trains": ["--freeze_heads", "topic"],
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("extra", nargs="*", help="Arguments passed to every train.py run (after --).")
+    args = parser.parse_args(argv)
+    rows = []
+    for i, (name, options) in enumerate(SCENARIOS.items()):
+        out = Path(args.output_dir) / f"scenario-{i}"
+        start = time.perf_counter()
+        metrics = train.main([*options, "--output_dir", str(out), "--save_total_limit", "1", *args.extra])
+        wall = time.perf_counter() - start
+        model = train.build_model(train.ModelArguments(), train.DEFAULT_TASKS)
+        train.freeze(
+            model,
+            backbone="--freeze_backbone" in options,
+            layers=int(options[options.index("--freeze_layers") + 1]) if "--freeze_layers" in options else 0,
+            heads=[options[options.index("--freeze_heads") + 1]] if "--freeze_heads" in options else (),
+        )
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append(
+            f"| {name} | `{shlex.join(options)}` | {trainable / 1e6:.2f}M | {metrics['test_topic_accuracy']:.4f} | "
+            f"{metrics['test_sentiment_accuracy']:.4f} | {metrics['eval_mean_accuracy']:.4f} | {wall:.0f} |"
+        )
+    table = "\n".join(
+        [
+            "| scenario | options | trainable params | test topic acc | test sentiment acc | val mean acc | wall (s) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+    )
+    Path(args.output_dir, "results.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
