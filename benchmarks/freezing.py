@@ -46,7 +46,7 @@ def main(argv=None):
         )
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append(
-            f"| {name} | `{shlex.join(options)}` | {trainable / 1e6:.2f}M | {metrics['test_topic_accuracy']:.4f} | "
+            f"| {name} | `{shlex.join(options)}` | {trainable:,} | {metrics['test_topic_accuracy']:.4f} | "
             f"{metrics['test_sentiment_accuracy']:.4f} | {metrics['eval_mean_accuracy']:.4f} | {wall:.0f} |"
         )
     table = "\n".join(
