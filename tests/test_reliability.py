@@ -86,6 +86,8 @@ def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir,
     real_replace, moved = os.replace, []
 
     def dying_replace(src, dst):
+        if Path(dst).parent != out:  # writes inside the temporary directory (e.g. config.json's pipeline entry)
+            return real_replace(src, dst)
         if len(moved) == 3:
             raise KeyboardInterrupt("killed during the save")
         moved.append(Path(dst).name)

@@ -405,19 +405,20 @@ def test_csv_and_parquet_files(tmp_path):
 
 
 def test_arguments_from_one_json_file(backbone_dir, tmp_path):
-    out = tmp_path / "out"
-    args = tiny_args(
-        backbone_dir, out, "--max_steps", "2", "--save_strategy", "no", "--load_best_model_at_end", "false"
-    )
-    as_dict = {}
-    for i, arg in enumerate(args):
-        if arg.startswith("--"):
-            values = []
-            for value in args[i + 1 :]:
-                if value.startswith("--"):
-                    break
-                values.append(value)
-            as_dict[arg[2:]] = values if arg[2:].endswith("_file") else (values[0] if values else True)
-    (tmp_path / "args.json").write_text(json.dumps(as_dict))
+    data = REPO / "data"
+    args = {
+        "backbone": backbone_dir,
+        "train_file": [str(data / "train.jsonl")],
+        "validation_file": [str(data / "validation.jsonl")],
+        "test_file": [str(data / "test.jsonl")],
+        "max_train_samples": 32,
+        "max_eval_samples": 16,
+        "max_steps": 2,
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+    }
+    (tmp_path / "args.json").write_text(json.dumps(args))
     metrics = train.main([str(tmp_path / "args.json")])
-    assert "test_topic_accuracy" in metrics and (out / "model.safetensors").is_file()
+    assert "test_topic_accuracy" in metrics and (tmp_path / "out" / "model.safetensors").is_file()
