@@ -496,3 +496,22 @@ def test_gradient_checkpointing(backbone_config, method):
     assert any(name.startswith("backbone.") for name in checkpointed)
     for name in reference:
         torch.testing.assert_close(checkpointed[name], reference[name], msg=name)
+
+
+def test_roberta_family_backbone_round_trip(tmp_path):
+    """Any encoder AutoModel.from_config builds: a tiny RoBERTa (no token_type_ids use, position offset)."""
+    from transformers import RobertaConfig
+
+    backbone = RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=37, max_position_embeddings=66)  # fmt: skip
+    torch.manual_seed(0)
+    model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone)).eval()
+    batch = {"input_ids": torch.randint(3, 99, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits["topic"].shape == (2, 3) and out.embeddings.shape == (2, 32)
+    model.save_pretrained(tmp_path)
+    loaded = MultiTaskModel.from_pretrained(tmp_path).eval()
+    assert type(loaded.config.backbone_config) is RobertaConfig
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits["sentiment"], out.logits["sentiment"])

@@ -422,3 +422,44 @@ def test_arguments_from_one_json_file(backbone_dir, tmp_path):
     (tmp_path / "args.json").write_text(json.dumps(args))
     metrics = train.main([str(tmp_path / "args.json")])
     assert "test_topic_accuracy" in metrics and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+BAD_FILES = {
+    "unknown label": ('{"text": "x", "topic": "Politics"}\n', "bad.jsonl:1: unknown topic label 'Politics'; allowed: "),
+    "label for a task the model lacks": ('{"text": "x", "genre": "news"}\n', "bad.jsonl:1: column(s) ['genre'] are not tasks"),
+    "no text column": ('{"sentence": "x", "topic": "Finance/Tech"}\n', "bad.jsonl:1: no 'text' column (columns: ['sentence', 'topic'])"),
+    "whitespace text": ('{"text": " ", "topic": "Finance/Tech"}\n', "bad.jsonl:1: text is ' '; expected a non-empty string"),
+    "malformed line": ('{"text": "x", "topic": "Finance/Tech"}\n{"text": \n', "bad.jsonl:2: malformed JSON"),
+    "empty file": ("", "bad.jsonl: no examples (the file is empty)"),
+    "non-UTF-8": (b'{"text": "caf\xe9", "topic": "Finance/Tech"}\n', "bad.jsonl:1: not valid UTF-8"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_cli_rejects_bad_data_before_writing_anything(case, tmp_path, monkeypatch, capsys):
+    content, message = BAD_FILES[case]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["train.py", "--train_file", str(bad), "--output_dir", str(out)])
+    with pytest.raises(SystemExit) as info:
+        train.cli()
+    assert str(info.value).startswith(f"error: {tmp_path}/") and message in str(info.value)
+    assert "\n" not in str(info.value)  # one line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (["{dir}/missing.jsonl"], "missing.jsonl: file not found"),
+        (["genre={dir}/x.jsonl"], "genre={dir}/x.jsonl: unknown task 'genre' in TASK=PATH; the model's tasks are"),
+    ],
+)
+def test_cli_rejects_bad_entries(entries, message, tmp_path, monkeypatch):
+    argv = ["train.py", "--train_file", *[e.format(dir=tmp_path) for e in entries], "--output_dir", str(tmp_path / "o")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as info:
+        train.cli()
+    assert message.format(dir=tmp_path) in str(info.value)
+    assert not (tmp_path / "o").exists()
