@@ -6,13 +6,15 @@ Reads `{topic,sentiment}_{train,dev}.jsonl` (text + label) from --data_dir; noth
 (a) MultiTaskModel trained jointly on both train files (single-task files mixed, the other task's label masked),
     saved to OUTPUT_DIR/multitask; (b) one AutoModelForSequenceClassification per task with a plain Trainer;
     (c) scikit-learn logistic regression on frozen, mean-pooled, normalised embeddings. All use the same encoder
-    and every system gets the same search budget: one value per grid point below, chosen by the dev mean of the
-    two tasks' macro-F1 (there is no separate test split here, so dev figures are slightly optimistic for all).
+    and every system gets the same search budget: one run per point of the --learning_rates x --epochs grid,
+    the best chosen by dev macro-F1 (for (a), the mean over the two tasks; (c) searches C). There is no separate
+    test split here, so dev figures are slightly optimistic for all systems alike.
 Prints a markdown table (dev accuracy / macro-F1 per task, examples processed, wall time) and writes it, with
 the raw figures, to OUTPUT_DIR/results.md and results.json.
 """
 
 import argparse
+import itertools
 import json
 import logging
 import platform
@@ -48,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--backbone", default=train.BUNDLED, help="Encoder for every system.")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[5e-5, 1e-4], help="Search grid.")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, nargs="+", default=[2.0, 3.0], help="Search grid.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--logreg_C", type=float, nargs="+", default=[1.0, 10.0], help="Search grid of (c).")
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
@@ -61,11 +63,17 @@ def files(args, task, split):
     return str(Path(args.data_dir) / f"{task}_{split}.jsonl")
 
 
-def common_training(args, lr, output_dir):
+def grid(args):
+    """Every (learning rate, epochs) point of the search; each system gets one run per point."""
+    return list(itertools.product(args.learning_rates, args.epochs))
+
+
+def common_training(args, hp, output_dir):
+    lr, epochs = hp
     return {
         "output_dir": str(output_dir),
         "learning_rate": lr,
-        "num_train_epochs": args.epochs,
+        "num_train_epochs": epochs,
         "per_device_train_batch_size": args.batch_size,
         "per_device_eval_batch_size": 128,
         "eval_strategy": "no",
@@ -79,7 +87,7 @@ def common_training(args, lr, output_dir):
     }
 
 
-def run_multitask(args, lr, output_dir):
+def run_multitask(args, hp, output_dir):
     tasks = list(DEFAULT_TASKS)
     start = time.perf_counter()
     metrics = train.main(
@@ -90,7 +98,7 @@ def run_multitask(args, lr, output_dir):
             "test_file": [],
             "max_train_samples": args.max_train_samples and args.max_train_samples * len(tasks),
             "max_eval_samples": args.max_eval_samples and args.max_eval_samples * len(tasks),
-            **common_training(args, lr, output_dir),
+            **common_training(args, hp, output_dir),
         }
     )
     wall = time.perf_counter() - start
@@ -98,7 +106,7 @@ def run_multitask(args, lr, output_dir):
     return {task: (metrics[f"eval_{task}_accuracy"], metrics[f"eval_{task}_f1"]) for task in tasks}, examples, wall
 
 
-def run_single_task(args, task, lr, output_dir, encoder):
+def run_single_task(args, task, hp, output_dir, encoder):
     labels = DEFAULT_TASKS[task]
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     splits = {}
@@ -115,7 +123,7 @@ def run_single_task(args, task, lr, output_dir, encoder):
     compute = train.make_compute_metrics([task])
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**common_training(args, lr, output_dir)),
+        args=TrainingArguments(**common_training(args, hp, output_dir)),
         train_dataset=splits["train"],
         eval_dataset=splits["dev"],
         processing_class=tokenizer,
@@ -161,6 +169,10 @@ def run_logreg(args, encoder):
     return results, examples, embed_wall + sum(walls.values())
 
 
+def name(hp):
+    return f"lr={hp[0]:g} ep={hp[1]:g}"
+
+
 def markdown(rows):
     lines = [
         "| system | encoders trained | topic acc | topic F1 | sentiment acc | sentiment F1 | train examples | train wall (s) | chosen |",
@@ -184,33 +196,37 @@ def main(argv=None):
     rows, search = [], []
 
     best = None
-    for lr in args.learning_rates:
-        res, examples, wall = run_multitask(args, lr, out / f"multitask-lr{lr:g}")
-        search.append({"system": "multitask", "lr": lr, "dev": res, "examples": examples, "wall": wall})
+    for hp in grid(args):
+        run_dir = out / f"multitask-{name(hp)}"
+        res, examples, wall = run_multitask(args, hp, run_dir)
+        search.append(
+            {"system": "multitask", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples, "wall": wall}
+        )
         if best is None or mean_f1(res) > mean_f1(best[0]):
             if best is not None:
                 shutil.rmtree(best[3])
-            best = (res, examples, wall, out / f"multitask-lr{lr:g}", lr)
+            best = (res, examples, wall, run_dir, hp)
         else:
-            shutil.rmtree(out / f"multitask-lr{lr:g}")
+            shutil.rmtree(run_dir)
     shutil.rmtree(out / "multitask", ignore_errors=True)
     best[3].rename(out / "multitask")
     rows.append({"system": "(a) multi-task (ours)", "encoders": 1, "topic": best[0]["topic"],
-                 "sentiment": best[0]["sentiment"], "examples": best[1], "wall": best[2], "chosen": f"lr={best[4]:g}"})  # fmt: skip
+                 "sentiment": best[0]["sentiment"], "examples": best[1], "wall": best[2], "chosen": name(best[4])})  # fmt: skip
 
     single = {"examples": 0, "wall": 0.0, "chosen": []}
     for task in DEFAULT_TASKS:
         best_task = None
-        for lr in args.learning_rates:
-            res, examples, wall = run_single_task(args, task, lr, out / f"single-{task}", encoder)
-            search.append({"system": f"single-{task}", "lr": lr, "dev": res, "examples": examples, "wall": wall})
+        for hp in grid(args):
+            res, examples, wall = run_single_task(args, task, hp, out / f"single-{task}", encoder)
+            search.append({"system": f"single-{task}", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples,
+                           "wall": wall})  # fmt: skip
             if best_task is None or res[1] > best_task[0][1]:
-                best_task = (res, examples, wall, lr)
+                best_task = (res, examples, wall, hp)
         shutil.rmtree(out / f"single-{task}", ignore_errors=True)
         single[task] = best_task[0]
         single["examples"] += best_task[1]
         single["wall"] += best_task[2]
-        single["chosen"].append(f"{task} lr={best_task[3]:g}")
+        single["chosen"].append(f"{task} {name(best_task[3])}")
     rows.append({"system": "(b) one model per task", "encoders": 2, **single, "chosen": ", ".join(single["chosen"])})
 
     res, examples, wall = run_logreg(args, encoder)
@@ -224,7 +240,7 @@ def main(argv=None):
     table = markdown(rows)
     header = (
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {machine}; "
-        f"epochs={args.epochs:g}, batch={args.batch_size}, lr grid={args.learning_rates}, seed={args.seed}.\n"
+        f"grid: lr {args.learning_rates} x epochs {args.epochs}, batch={args.batch_size}, seed={args.seed}.\n"
         f"Command: python benchmarks/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     )
     (out / "results.md").write_text(header + "\n" + table + "\n", encoding="utf-8")
