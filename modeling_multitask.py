@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -28,7 +28,7 @@ _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 def backbone_kwargs(backbone_config):
     """Build encoders without their pooler (BERT, RoBERTa, ...): we pool ourselves, and an unused pooler would
     only cost memory and break DDP with gradient checkpointing (parameters that never get a gradient)."""
-    model_class = AutoModel._model_mapping.get(type(backbone_config), None)
+    model_class = MODEL_MAPPING.get(type(backbone_config), None)
     if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         return {"add_pooling_layer": False}
     return {}
@@ -133,7 +133,8 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         `name_or_path` is a Hub name or a local directory; `config_kwargs` go to [`MultiTaskConfig`].
         """
-        backbone = AutoModel.from_pretrained(name_or_path, **backbone_kwargs(AutoConfig.from_pretrained(name_or_path)))
+        backbone_config = AutoConfig.from_pretrained(name_or_path)
+        backbone = AutoModel.from_pretrained(name_or_path, config=backbone_config, **backbone_kwargs(backbone_config))
         config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
         model = cls(config)
         model.backbone = backbone
