@@ -197,7 +197,7 @@ def main(argv=None):
 
     best = None
     for hp in grid(args):
-        run_dir = out / f"multitask-{name(hp)}"
+        run_dir = out / f"multitask-lr{hp[0]:g}-ep{hp[1]:g}"
         res, examples, wall = run_multitask(args, hp, run_dir)
         search.append(
             {"system": "multitask", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples, "wall": wall}
