@@ -463,3 +463,16 @@ def test_cli_rejects_bad_entries(entries, message, tmp_path, monkeypatch):
         train.cli()
     assert message.format(dir=tmp_path) in str(info.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_rejects_a_csv_with_another_delimiter(tmp_path, monkeypatch):
+    bad = tmp_path / "semicolons.csv"
+    bad.write_text("text;topic;sentiment\nhello;Finance/Tech;Positive\n")
+    monkeypatch.setattr(sys, "argv", ["train.py", "--train_file", str(bad), "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as info:
+        train.cli()
+    assert str(info.value) == (
+        f"error: {bad}:1: header 'text;topic;sentiment' is one column; the file seems to use another delimiter "
+        "than ',' (expected comma-separated columns)"
+    )
+    assert not (tmp_path / "o").exists()
