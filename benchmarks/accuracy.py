@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402
 from configuration_multitask import DEFAULT_TASKS  # noqa: E402
 from modeling_multitask import MultiTaskModel  # noqa: E402
-from multitask_data import load_entry  # noqa: E402
+from multitask_data import load_split  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -106,15 +106,19 @@ def run_multitask(args, hp, output_dir):
     return {task: (metrics[f"eval_{task}_accuracy"], metrics[f"eval_{task}_f1"]) for task in tasks}, examples, wall
 
 
+def load_task_split(args, task, split):
+    """One task's train or dev file as columns text + labels_<task>, capped (shuffled first) for smoke runs."""
+    cap = args.max_train_samples if split == "train" else args.max_eval_samples
+    entry = f"{task}={files(args, task, split)}"
+    return load_split([entry], {task: DEFAULT_TASKS[task]}, cap, seed=args.seed)
+
+
 def run_single_task(args, task, hp, output_dir, encoder):
     labels = DEFAULT_TASKS[task]
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     splits = {}
     for split in ("train", "dev"):
-        ds = load_entry(f"{task}={files(args, task, split)}", {task: labels}).rename_column(f"labels_{task}", "labels")
-        cap = args.max_train_samples if split == "train" else args.max_eval_samples
-        if cap is not None and cap < len(ds):
-            ds = ds.shuffle(seed=args.seed).select(range(cap))
+        ds = load_task_split(args, task, split).rename_column(f"labels_{task}", "labels")
         splits[split] = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=128), batched=True)
     set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -143,12 +147,9 @@ def run_logreg(args, encoder):
     model = MultiTaskModel.from_backbone(encoder)
     start = time.perf_counter()
     data = {}
-    for task, labels in DEFAULT_TASKS.items():
+    for task in DEFAULT_TASKS:
         for split in ("train", "dev"):
-            ds = load_entry(f"{task}={files(args, task, split)}", {task: labels})
-            cap = args.max_train_samples if split == "train" else args.max_eval_samples
-            if cap is not None and cap < len(ds):
-                ds = ds.shuffle(seed=args.seed).select(range(cap))
+            ds = load_task_split(args, task, split)
             emb = model.encode(ds["text"], tokenizer, batch_size=128, normalize=True).numpy()
             data[task, split] = (emb, np.array(ds[f"labels_{task}"]))
     embed_wall = time.perf_counter() - start
@@ -191,7 +192,7 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoder = train.bundled_encoder_path() if args.backbone == train.BUNDLED else args.backbone
+    encoder = train.resolve_backbone(args.backbone)
     mean_f1 = lambda res: np.mean([res[t][1] for t in DEFAULT_TASKS])  # noqa: E731
     rows, search = [], []
 
