@@ -5,8 +5,11 @@ the task schema (task name -> label names, in column order), pooling, head optio
 weights. `save_pretrained` / `from_pretrained` round-trip all of it through `config.json`.
 """
 
+import copy
+import os
 import re
 
+from huggingface_hub import constants
 from transformers import AutoConfig, DistilBertConfig, PretrainedConfig
 
 DEFAULT_TASKS = {
@@ -49,9 +52,14 @@ class MultiTaskConfig(PretrainedConfig):
         loss_weights (`dict[str, float]`, *optional*):
             Weight of each task's mean cross-entropy in the total loss. Tasks not named get 1.0, so the default is
             the plain sum of the original design.
+        max_seq_length (`int`, *optional*):
+            Token limit the model was trained with (`train.py --max_seq_length`). Inference truncates to it by default
+            (overridable per call), so the model sees at serving time what it saw in training. `None`: the encoder's
+            own limit.
     """
 
     model_type = "multitask_sentence_classifier"
+    sub_configs = {"backbone_config": AutoConfig}
 
     def __init__(
         self,
@@ -62,6 +70,7 @@ class MultiTaskConfig(PretrainedConfig):
         head_hidden_size=0,
         head_activation="gelu",
         loss_weights=None,
+        max_seq_length=None,
         **kwargs,
     ):
         if backbone_config is None:
@@ -75,8 +84,16 @@ class MultiTaskConfig(PretrainedConfig):
             raise TypeError(
                 f"backbone_config must be a PretrainedConfig, a dict or None, got {type(backbone_config).__name__}"
             )
+        else:
+            # A copy: the caller's config stays as it was (PretrainedConfig.__init__ below resets the attention
+            # implementation of every declared sub-config, which would switch a live encoder's attention kernel).
+            backbone_config = copy.deepcopy(backbone_config)
         tasks = _schema(DEFAULT_TASKS if tasks is None else tasks)
         self._validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights)
+        if max_seq_length is not None and (
+            isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 1
+        ):
+            raise ValueError(f"max_seq_length must be a positive int or None, got {max_seq_length!r}")
 
         self.backbone_config = backbone_config
         self.tasks = tasks
@@ -85,6 +102,7 @@ class MultiTaskConfig(PretrainedConfig):
         self.head_hidden_size = head_hidden_size
         self.head_activation = head_activation
         self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
+        self.max_seq_length = max_seq_length
         super().__init__(**kwargs)
 
     @staticmethod
@@ -131,6 +149,26 @@ class MultiTaskConfig(PretrainedConfig):
         output = super().to_dict()
         output["tasks"] = [[task, labels] for task, labels in self.tasks.items()]
         return output
+
+    @classmethod
+    def from_saved_model(cls, name_or_path, **kwargs):
+        """The config of a multi-task model saved by this repository (a local directory or a Hub name), or a
+        ValueError in one line that says why it is not one: no such directory, or another kind of model."""
+        missing = not os.path.isdir(name_or_path)
+        if missing and (constants.HF_HUB_OFFLINE or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+            offline = " (and HF_HUB_OFFLINE=1 rules out the Hub)" if constants.HF_HUB_OFFLINE else ""
+            raise ValueError(f"{name_or_path}: no such model directory{offline}")
+        try:
+            config_dict, _ = cls.get_config_dict(name_or_path, **kwargs)
+        except OSError as e:
+            raise ValueError(f"{name_or_path}: cannot load a model config ({str(e).splitlines()[0]})") from None
+        if config_dict.get("model_type") != cls.model_type:
+            raise ValueError(
+                f"{name_or_path}: not a multi-task model saved by train.py (its config.json has model_type "
+                f"{config_dict.get('model_type')!r}, expected {cls.model_type!r}); to put new heads on an encoder, "
+                "use --backbone / MultiTaskModel.from_backbone"
+            )
+        return cls.from_pretrained(name_or_path, **kwargs)
 
     @property
     def task_id2label(self):

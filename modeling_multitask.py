@@ -6,6 +6,7 @@ every task in `config.tasks`; labels come as `labels_<task>` keyword arguments, 
 
 import inspect
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ except ImportError:  # ... or as a top-level module of this repository
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+_UNSET = object()
 
 
 def backbone_kwargs(backbone_config):
@@ -32,6 +34,29 @@ def backbone_kwargs(backbone_config):
     if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
         return {"add_pooling_layer": False}
     return {}
+
+
+@contextmanager
+def pooler_weights_expected_unused(backbone_config):
+    """While loading an encoder built without its pooler, its checkpoint's `pooler.*` weights are unused on purpose:
+    tell transformers so (the class's own ignore list, for the duration of the load) instead of printing a load report
+    that flags them. Every other missing or unexpected weight is still reported."""
+    model_class = MODEL_MAPPING.get(type(backbone_config), None)
+    if not backbone_kwargs(backbone_config):
+        yield
+        return
+    saved = model_class.__dict__.get("_keys_to_ignore_on_load_unexpected", _UNSET)
+    model_class._keys_to_ignore_on_load_unexpected = [
+        *(model_class._keys_to_ignore_on_load_unexpected or []),
+        r"^pooler\.",
+    ]
+    try:
+        yield
+    finally:
+        if saved is _UNSET:
+            del model_class._keys_to_ignore_on_load_unexpected
+        else:
+            model_class._keys_to_ignore_on_load_unexpected = saved
 
 
 def pool(hidden_states, attention_mask, mode):
@@ -90,9 +115,120 @@ class MultiTaskModelOutput(ModelOutput):
     task_losses: dict[str, torch.FloatTensor] | None = None
 
 
+def positive_int(name, value, allow_none=False):
+    """`value` if it is a positive int (or None where allowed); otherwise a ValueError/TypeError naming `name`."""
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def check_texts(texts):
+    """A str or a sequence of str -> a list of str; anything else is a TypeError naming the bad item."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)):
+        raise TypeError("texts is bytes; decode it to str first (e.g. texts.decode('utf-8'))")
+    if not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts is {type(texts).__name__} ({texts!r}); expected a str or a list of str")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}); every text must be a str")
+    return texts
+
+
+class MultiTaskInference:
+    """The one inference core: every way of running the model (`predict`, `encode`, the pipeline, `predict.py`, the
+    ONNX Runtime model) goes through these methods, so the token limit, the batching and the decoding of logits into
+    labels are each written once.
+
+    A subclass has a `config` ([`MultiTaskConfig`]) and implements `_run_batch(encoding)` -> `(logits, embeddings)`:
+    task -> `(batch, n_labels)` float tensors and a `(batch, hidden)` float tensor, on the CPU.
+    """
+
+    @staticmethod
+    def check_options(batch_size=None, top_k=None, max_length=None):
+        """The inference options every entry point takes, checked the same way: positive ints (None: not given)."""
+        for name, value in (("batch_size", batch_size), ("top_k", top_k), ("max_length", max_length)):
+            positive_int(name, value, allow_none=True)
+
+    def input_limit(self, tokenizer, max_length=None):
+        """Tokens kept per text: `max_length` if given, else the length the model was trained with
+        (`config.max_seq_length`), never more than the tokenizer's or the position embeddings' limit."""
+        self.check_options(max_length=max_length)
+        wanted = max_length or self.config.max_seq_length
+        positions = getattr(self.config.backbone_config, "max_position_embeddings", None)
+        return min(n for n in (wanted, tokenizer.model_max_length, positions) if n)
+
+    def tokenize(self, texts, tokenizer, max_length=None):
+        """Tokenise a batch of str (padded, truncated to `input_limit`) as torch tensors; warn for each text cut."""
+        limit = self.input_limit(tokenizer, max_length)
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        lengths = batch["attention_mask"].sum(dim=1)
+        for i in (lengths == limit).nonzero().flatten().tolist():
+            full = len(tokenizer(texts[i], add_special_tokens=True, verbose=False)["input_ids"])
+            if full > limit:
+                logger.warning("text of %d characters has %d tokens; truncated to %d", len(texts[i]), full, limit)
+        return batch
+
+    def iter_batches(self, texts, tokenizer, batch_size=32, max_length=None):
+        """Yield `(indices, logits, embeddings)` over length-sorted batches of `texts` (each batch pads little);
+        `indices` are the positions of the batch's texts in `texts`, so callers put results back in input order."""
+        texts = check_texts(texts)
+        positive_int("batch_size", batch_size)
+        self.check_options(max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits, embeddings = self._run_batch(self.tokenize([texts[i] for i in idx], tokenizer, max_length))
+            yield idx, logits, embeddings
+
+    def decode(self, logits, top_k=1):
+        """Logits of every task (task -> `(batch, n_labels)`) -> one dict per row: `{task: {"label", "score"}}`,
+        where score is the label's softmax probability; with `top_k > 1`, `{task: [top_k such dicts, best first]}`."""
+        positive_int("top_k", top_k)
+        per_task = {}
+        for task, task_logits in logits.items():
+            k = min(top_k, task_logits.shape[-1])
+            scores, ids = task_logits.float().softmax(dim=-1).topk(k, dim=-1)  # (batch, k) each
+            per_task[task] = (scores.tolist(), ids.tolist())
+        rows = []
+        for row in range(len(next(iter(per_task.values()))[0])):
+            result = {}
+            for task, (scores, ids) in per_task.items():
+                labels = self.config.tasks[task]
+                top = [{"label": labels[j], "score": s} for s, j in zip(scores[row], ids[row], strict=True)]
+                result[task] = top[0] if top_k == 1 else top
+            rows.append(result)
+        return rows
+
+    def encode(self, texts, tokenizer, batch_size=32, normalize=False, max_length=None):
+        """Fixed-length sentence embeddings, a float tensor of shape (n, hidden), in input order."""
+        texts = check_texts(texts)
+        out = torch.zeros(len(texts), self.config.hidden_size)
+        for idx, _, emb in self.iter_batches(texts, tokenizer, batch_size, max_length):
+            out[idx] = F.normalize(emb, p=2, dim=-1) if normalize else emb  # (batch, hidden)
+        return out
+
+    def predict(self, texts, tokenizer, batch_size=32, top_k=1, max_length=None):
+        """One dict per text, in input order: `{task: {"label": name, "score": probability}}`; with `top_k > 1`, a
+        list of the top-k such dicts per task (see `decode`)."""
+        texts = check_texts(texts)
+        positive_int("top_k", top_k)
+        results = [None] * len(texts)
+        for idx, logits, _ in self.iter_batches(texts, tokenizer, batch_size, max_length):
+            for i, result in zip(idx, self.decode(logits, top_k), strict=True):
+                results[i] = result
+        return results
+
+
 class MultiTaskPreTrainedModel(PreTrainedModel):
     config_class = MultiTaskConfig
-    base_model_prefix = "multitask"
+    base_model_prefix = "backbone"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -108,10 +244,21 @@ class MultiTaskPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
 
-class MultiTaskModel(MultiTaskPreTrainedModel):
-    def __init__(self, config):
+class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
+    def __init__(self, config, backbone=None):
+        r"""
+        backbone (`PreTrainedModel`, *optional*):
+            An already built encoder for `config.backbone_config` (how `from_backbone` puts heads on pretrained
+            weights); by default the encoder is built from the config with random weights.
+        """
         super().__init__(config)
-        self.backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs(config.backbone_config))
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs(config.backbone_config))
+        elif backbone.config.to_dict() != config.backbone_config.to_dict():
+            raise ValueError("backbone's config differs from config.backbone_config; build the config from it")
+        else:
+            config.backbone_config = backbone.config  # one config object, with the attention the encoder resolved
+        self.backbone = backbone
         self.heads = nn.ModuleDict(
             {
                 task: TaskHead(
@@ -128,17 +275,21 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_backbone(cls, name_or_path, tasks=None, **config_kwargs):
+    def from_backbone(cls, name_or_path, tasks=None, backbone_name=None, **config_kwargs):
         """Pretrained encoder weights (one `AutoModel.from_pretrained` call) plus freshly initialised heads.
 
-        `name_or_path` is a Hub name or a local directory; `config_kwargs` go to [`MultiTaskConfig`].
+        `name_or_path` is a Hub name or a local directory; `backbone_name` is what `config.json` records as the
+        encoder's `_name_or_path` (default: `name_or_path`; pass the public name when loading from a local copy, so
+        that nothing machine-specific is shared). `config_kwargs` go to [`MultiTaskConfig`].
         """
         backbone_config = AutoConfig.from_pretrained(name_or_path)
-        backbone = AutoModel.from_pretrained(name_or_path, config=backbone_config, **backbone_kwargs(backbone_config))
+        with pooler_weights_expected_unused(backbone_config):
+            backbone = AutoModel.from_pretrained(
+                name_or_path, config=backbone_config, **backbone_kwargs(backbone_config)
+            )
+        backbone.config._name_or_path = backbone_name or str(name_or_path)
         config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
-        model = cls(config)
-        model.backbone = backbone
-        return model
+        return cls(config, backbone=backbone)
 
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
@@ -186,77 +337,28 @@ class MultiTaskModel(MultiTaskPreTrainedModel):
 
         return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)
 
-    # ----- inference helpers ------------------------------------------------------------------------------------
-
-    def _tokenize(self, texts, tokenizer, max_length=None):
-        """Tokenise a batch with truncation to the encoder's limit; warn for each text that was cut."""
-        limit = min(
-            max_length or tokenizer.model_max_length,
-            tokenizer.model_max_length,
-            getattr(self.config.backbone_config, "max_position_embeddings", tokenizer.model_max_length),
-        )
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        lengths = batch["attention_mask"].sum(dim=1)
-        for i in (lengths == limit).nonzero().flatten().tolist():
-            full = len(tokenizer(texts[i], add_special_tokens=True)["input_ids"])
-            if full > limit:
-                logger.warning("text of %d characters has %d tokens; truncated to %d", len(texts[i]), full, limit)
-        return batch.to(self.device)
-
-    @staticmethod
-    def _check_texts(texts):
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}); every text must be a str")
-        return texts
-
     @torch.inference_mode()
-    def _run_sorted(self, texts, tokenizer, batch_size, max_length=None):
-        """Yield (indices, output) over length-sorted batches, so each batch pads little; callers restore order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    def _run_batch(self, encoding):
         was_training = self.training
         self.eval()
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self._tokenize([texts[i] for i in idx], tokenizer, max_length)
-                yield idx, self(**batch)
+            output = self(**encoding.to(self.device))
         finally:
             self.train(was_training)
-
-    def encode(self, texts, tokenizer, batch_size=32, normalize=False, max_length=None):
-        """Fixed-length sentence embeddings, a tensor of shape (n, hidden), in input order."""
-        texts = self._check_texts(texts)
-        out = torch.empty(len(texts), self.config.hidden_size)
-        for idx, output in self._run_sorted(texts, tokenizer, batch_size, max_length):
-            emb = output.embeddings.float()  # (batch, hidden)
-            out[idx] = (F.normalize(emb, p=2, dim=-1) if normalize else emb).cpu()
-        return out
-
-    def predict(self, texts, tokenizer, batch_size=32, top_k=1, max_length=None):
-        """One dict per text: `{task: {"label": name, "score": probability}}`; with `top_k > 1`, a list of the
-        top-k such dicts per task."""
-        texts = self._check_texts(texts)
-        results = [None] * len(texts)
-        for idx, output in self._run_sorted(texts, tokenizer, batch_size, max_length):
-            per_task = {}
-            for task, task_logits in output.logits.items():
-                k = min(top_k, task_logits.shape[-1])
-                scores, ids = task_logits.float().softmax(dim=-1).topk(k, dim=-1)  # (batch, k)
-                per_task[task] = (scores.tolist(), ids.tolist())
-            for row, i in enumerate(idx):
-                results[i] = {}
-                for task, (scores, ids) in per_task.items():
-                    labels = self.config.tasks[task]
-                    top = [{"label": labels[j], "score": s} for s, j in zip(scores[row], ids[row], strict=True)]
-                    results[i][task] = top[0] if top_k == 1 else top
-        return results
+        logits = {task: value.float().cpu() for task, value in output.logits.items()}
+        return logits, output.embeddings.float().cpu()
 
 
 MultiTaskConfig.register_for_auto_class()
 MultiTaskModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MultiTaskModel", "MultiTaskModelOutput", "MultiTaskPreTrainedModel", "TaskHead", "pool"]
+__all__ = [
+    "MultiTaskInference",
+    "MultiTaskModel",
+    "MultiTaskModelOutput",
+    "MultiTaskPreTrainedModel",
+    "TaskHead",
+    "check_texts",
+    "pool",
+    "positive_int",
+]

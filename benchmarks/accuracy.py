@@ -1,6 +1,6 @@
 """Accuracy on real data: one multi-task model vs one model per task vs logistic regression on frozen embeddings.
 
-    python benchmarks/accuracy.py --data_dir ../shared/data --output_dir runs/accuracy
+    python -m benchmarks.accuracy --data_dir ../shared/data --output_dir runs/accuracy
 
 Reads `{topic,sentiment}_{train,dev}.jsonl` (text + label) from --data_dir; nothing is copied into the repository.
 (a) MultiTaskModel trained jointly on both train files (single-task files mixed, the other task's label masked),
@@ -35,11 +35,11 @@ from transformers import (
     set_seed,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train  # noqa: E402
-from configuration_multitask import DEFAULT_TASKS  # noqa: E402
-from modeling_multitask import MultiTaskModel  # noqa: E402
-from multitask_data import load_split  # noqa: E402
+from benchmarks.common import run_train
+from configuration_multitask import DEFAULT_TASKS
+from modeling_multitask import MultiTaskModel
+from multitask_data import load_split
+from trainer_multitask import BUNDLED, TaskMetric, make_compute_metrics, resolve_backbone
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="Folder with {topic,sentiment}_{train,dev}.jsonl.")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--backbone", default=train.BUNDLED, help="Encoder for every system.")
+    parser.add_argument("--backbone", default=BUNDLED, help="Encoder for every system.")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[5e-5, 1e-4], help="Search grid.")
     parser.add_argument("--epochs", type=float, nargs="+", default=[2.0, 3.0], help="Search grid.")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -90,7 +90,7 @@ def common_training(args, hp, output_dir):
 def run_multitask(args, hp, output_dir):
     tasks = list(DEFAULT_TASKS)
     start = time.perf_counter()
-    metrics = train.main(
+    metrics = run_train(
         {
             "backbone": args.backbone,
             "train_file": [f"{task}={files(args, task, 'train')}" for task in tasks],
@@ -124,7 +124,7 @@ def run_single_task(args, task, hp, output_dir, encoder):
     model = AutoModelForSequenceClassification.from_pretrained(
         encoder, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)}
     )
-    compute = train.make_compute_metrics([task])
+    compute = make_compute_metrics([task])
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**common_training(args, hp, output_dir)),
@@ -162,7 +162,7 @@ def run_logreg(args, encoder):
             clf = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
             walls[task] = walls.get(task, 0.0) + time.perf_counter() - start
             pred = clf.predict(x_dev)
-            metric = train.TaskMetric(keep_in_memory=True).compute(predictions=pred, references=y_dev)
+            metric = TaskMetric(keep_in_memory=True).compute(predictions=pred, references=y_dev)
             if best is None or metric["f1"] > best[1]:
                 best = (metric["accuracy"], metric["f1"], c)
         results[task] = best
@@ -192,7 +192,7 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoder = train.resolve_backbone(args.backbone)
+    encoder = resolve_backbone(args.backbone)
     mean_f1 = lambda res: np.mean([res[t][1] for t in DEFAULT_TASKS])  # noqa: E731
     rows, search = [], []
 
@@ -242,7 +242,7 @@ def main(argv=None):
     header = (
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {machine}; "
         f"grid: lr {args.learning_rates} x epochs {args.epochs}, batch={args.batch_size}, seed={args.seed}.\n"
-        f"Command: python benchmarks/accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+        f"Command: python -m benchmarks.accuracy {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     )
     (out / "results.md").write_text(header + "\n" + table + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({"rows": rows, "search": search}, indent=2), encoding="utf-8")

@@ -1,6 +1,6 @@
 """Freezing scenarios on the bundled data: full fine-tuning vs frozen backbone vs partial freezing.
 
-    python benchmarks/freezing.py --output_dir runs/freezing
+    python -m benchmarks.freezing --output_dir runs/freezing
 
 Each scenario is one `train.py` run with the defaults (bundled data and encoder, 5 epochs, best epoch by
 validation mean F1) plus the scenario's options; the table gives test accuracy per task, trainable parameters
@@ -8,14 +8,16 @@ and training wall time. Extra arguments after `--` go to every run (e.g. `-- --t
 """
 
 import argparse
+import json
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-import train  # noqa: E402
+from benchmarks.common import REPO
+from modeling_multitask import MultiTaskModel
+from trainer_multitask import BUNDLED, freeze, resolve_backbone
 
 SCENARIOS = {
     "full fine-tuning": [],
@@ -35,10 +37,20 @@ def main(argv=None):
     for i, (name, options) in enumerate(SCENARIOS.items()):
         out = Path(args.output_dir) / f"scenario-{i}"
         start = time.perf_counter()
-        metrics = train.main([*options, "--output_dir", str(out), "--save_total_limit", "1", *args.extra])
+        command = [
+            sys.executable,
+            str(REPO / "train.py"),
+            *options,
+            "--output_dir",
+            str(out),
+            "--save_total_limit",
+            "1",
+        ]
+        subprocess.run([*command, *args.extra], check=True, stdout=subprocess.DEVNULL)
+        metrics = json.loads((out / "all_results.json").read_text(encoding="utf-8"))
         wall = time.perf_counter() - start
-        model = train.build_model(train.ModelArguments(), train.DEFAULT_TASKS)
-        train.freeze(
+        model = MultiTaskModel.from_backbone(resolve_backbone(BUNDLED))
+        freeze(
             model,
             backbone="--freeze_backbone" in options,
             layers=int(options[options.index("--freeze_layers") + 1]) if "--freeze_layers" in options else 0,

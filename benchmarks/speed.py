@@ -1,6 +1,6 @@
 """Speed and memory of the multi-task model, each against a baseline measured in the same process.
 
-    python benchmarks/speed.py --data_dir ../shared/data
+    python -m benchmarks.speed --data_dir ../shared/data
 
 On real sentences from --data_dir (their real length distribution) and the bundled encoder:
 1. training throughput, multi-task model vs one AutoModelForSequenceClassification, on the same batches;
@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from configuration_multitask import DEFAULT_TASKS, MultiTaskConfig  # noqa: E402
-from modeling_multitask import MultiTaskModel  # noqa: E402
-from train import bundled_encoder_path  # noqa: E402
+from benchmarks.common import REPO
+from configuration_multitask import DEFAULT_TASKS, MultiTaskConfig
+from modeling_multitask import MultiTaskModel
+from trainer_multitask import bundled_encoder_path
 
 H100_BF16_DENSE_FLOPS = 989e12
 

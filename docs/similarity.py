@@ -1,17 +1,12 @@
 """Task 1: sentence embeddings and cosine similarity under each pooling mode (docs/design.md).
 
-python docs/similarity.py
+python -m docs.similarity   (from the repository root)
 """
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import AutoTokenizer
 
 from modeling_multitask import MultiTaskModel
-from train import bundled_encoder_path
+from trainer_multitask import bundled_encoder_path
 
 encoder = bundled_encoder_path()
 tokenizer = AutoTokenizer.from_pretrained(encoder)

@@ -3,7 +3,7 @@
     python notebooks/make_walkthrough.py
 
 The notebook walks through tasks 1-4 of the original design by importing the repository's code; every piece of
-logic it shows lives in `modeling_multitask.py`, `configuration_multitask.py` or `train.py`, and the notebook
+logic it shows lives in `modeling_multitask.py`, `configuration_multitask.py`, `trainer_multitask.py` or `train.py`, and the notebook
 only calls it and prints the results. Edit the cells here, not in Jupyter, and regenerate: `tests/test_notebook.py`
 checks that the notebook equals what this file builds, that it holds no outputs, and that it executes. The code
 cells are already `ruff format`-clean, so `ruff format notebooks/` leaves the generated file unchanged.
@@ -28,8 +28,8 @@ CELLS = [
 # Walkthrough: a multi-task sentence classifier, tasks 1-4
 
 This notebook goes through the four tasks of the original design on this repository's own code: it imports
-`modeling_multitask.py`, `configuration_multitask.py` and `train.py` and calls them; nothing here exists only in
-the notebook. It runs offline on the bundled encoder (all-MiniLM-L6-v2, `train.bundled_encoder_path()`) and the
+`modeling_multitask.py`, `configuration_multitask.py` and `trainer_multitask.py`, and runs `train.py`; nothing here exists only in
+the notebook. It runs offline on the bundled encoder (all-MiniLM-L6-v2, `trainer_multitask.bundled_encoder_path()`) and the
 bundled data (`data/*.jsonl`, see [data/README.md](../data/README.md)), in about one to two minutes on two CPU cores.
 
 1. **Sentence embeddings**: encoder + pooling, cosine similarities, pooling modes.
@@ -54,11 +54,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing below needs the network: bundled encoder, bundled data
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The repository root: the first of cwd, cwd.parent, ... that holds modeling_multitask.py, so the notebook runs
-# from notebooks/ (Jupyter's default) as well as from the repository root.
+# Work from the repository root (the first of cwd, cwd.parent, ... that holds modeling_multitask.py), so the notebook
+# runs from notebooks/ (Jupyter's default) as well as from the root, and imports the repository's modules by name.
 REPO = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "modeling_multitask.py").is_file())
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+os.chdir(REPO)
 NOTEBOOK_START = time.perf_counter()
 print("Python:", sys.executable)
 print("Prefix:", sys.prefix)
@@ -82,11 +81,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-import train
+import trainer_multitask
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 
-ENCODER = train.bundled_encoder_path()
+ENCODER = trainer_multitask.bundled_encoder_path()
 tokenizer = AutoTokenizer.from_pretrained(ENCODER)
 torch.manual_seed(0)  # the heads are initialised randomly
 model = MultiTaskModel.from_backbone(ENCODER)  # mean pooling, topic and sentiment heads (the defaults)
@@ -303,7 +302,7 @@ print(f"loss with weights 1.0 / 1.0: {out.loss.item():.4f}; with 1.0 / 2.0: {out
         """
 ## Task 3: training considerations
 
-**Freezing.** `train.freeze(model, backbone=..., embeddings=..., layers=..., heads=...)` sets
+**Freezing.** `trainer_multitask.freeze(model, backbone=..., embeddings=..., layers=..., heads=...)` sets
 `requires_grad=False` on the chosen parts (`train.py --freeze_backbone`, `--freeze_embeddings`,
 `--freeze_layers N`, `--freeze_heads TASK`). What each scenario leaves trainable:
 
@@ -334,10 +333,10 @@ scenarios = {
 }
 total = model.num_parameters()
 counts = {}
-print(f"{'scenario':<36}{'trainable':>12}{'share':>9}  train.freeze(...)")
+print(f"{'scenario':<36}{'trainable':>12}{'share':>9}  trainer_multitask.freeze(...)")
 for name, kwargs in scenarios.items():
     model.requires_grad_(True)  # every scenario starts from a fully trainable model
-    train.freeze(model, **kwargs)
+    trainer_multitask.freeze(model, **kwargs)
     counts[name] = trainable(model)
     print(f"{name:<36}{counts[name]:>12,}{counts[name] / total:>9.2%}  {kwargs}")
 model.requires_grad_(True)
@@ -353,7 +352,7 @@ assert counts["sentiment head frozen"] == total - trainable(model.heads["sentime
         """
 **Transfer learning: learning rates per layer.** The pretrained encoder should change slowly, the new heads
 quickly, and the lower encoder layers (general features) more slowly than the upper ones.
-`train.parameter_groups(...)` (used by `MultiTaskTrainer.create_optimizer`) builds the optimizer groups: heads at
+`trainer_multitask.parameter_groups(...)` (used by `MultiTaskTrainer.create_optimizer`) builds the optimizer groups: heads at
 `head_lr` (`--head_learning_rate`), encoder layer `i` of `L` at `lr * layer_decay ** (L - i)`, the embeddings at
 `lr * layer_decay ** (L + 1)` (`--layerwise_lr_decay`); frozen parameters are left out. Here `lr=5e-5`,
 `head_lr=1e-3`, `layer_decay=0.8`. (With `--weight_decay` above 0, each rate is further split into a group with
@@ -364,7 +363,9 @@ weight decay and one without, for biases and LayerNorm weights; with 0, the defa
         "code",
         "task3-lr",
         r"""
-groups = train.parameter_groups(model, lr=5e-5, weight_decay=0.0, decay_names=set(), head_lr=1e-3, layer_decay=0.8)
+groups = trainer_multitask.parameter_groups(
+    model, lr=5e-5, weight_decay=0.0, decay_names=set(), head_lr=1e-3, layer_decay=0.8
+)
 lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
 
 
@@ -388,11 +389,11 @@ for name, (rate,) in rates.items():  # one rate per part
         """
 ## Task 4: the training loop
 
-`train.main(args)` is `python train.py ARGS`: it reads and checks the data (`multitask_data.py: load_split`:
+`python train.py ARGS` (run below as a command, exactly as in a terminal) reads and checks the data (`multitask_data.py: load_split`:
 one `labels_<task>` column per task, `-100` where a file has no label), builds the model with `from_backbone`,
 applies the freezing options, tokenises with `datasets.map`, and trains with `MultiTaskTrainer`, a `Trainer` that
 logs each task's loss (`loss_topic`, `loss_sentiment`), returns each task's logits to
-`train.make_compute_metrics` (accuracy and macro-F1 per task, and their means) and builds the optimizer groups
+`trainer_multitask.make_compute_metrics` (accuracy and macro-F1 per task, and their means) and builds the optimizer groups
 above. It then evaluates on the validation and test files and saves the model with its code files, so
 `AutoModel.from_pretrained(..., trust_remote_code=True)` loads it anywhere.
 
@@ -407,6 +408,8 @@ and separable by design, so it is not a benchmark either.
         "code",
         "task4-train",
         r"""
+import json
+import subprocess
 import tempfile
 
 output_dir = Path(tempfile.mkdtemp(prefix="walkthrough-")) / "multitask-demo"
@@ -423,8 +426,11 @@ args = [
     "--seed", "42",
 ]  # fmt: skip
 start = time.perf_counter()
-metrics = train.main(args)  # the bundled encoder and data/*.jsonl are train.py's defaults
-print(f"\ntrain.main: {time.perf_counter() - start:.0f} s (training, validation and test evaluation, saving)")
+# the bundled encoder and data/*.jsonl are train.py's defaults
+run = subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True)
+assert run.returncode == 0, run.stderr[-3000:]
+metrics = json.loads((output_dir / "all_results.json").read_text())
+print(f"python train.py: {time.perf_counter() - start:.0f} s (training, validation and test evaluation, saving)")
 """,
     ),
     (
@@ -435,7 +441,7 @@ from IPython.display import Markdown, display
 
 assert all(f"{split}_{task}_f1" in metrics for split in ("eval", "test") for task in config.tasks), sorted(metrics)
 print(f"SHORT DEMO RUN (30 steps), not the reported results. Final training loss {metrics['train_loss']:.3f}.")
-display(Markdown(train.results_table(metrics, config.tasks)))
+display(Markdown(trainer_multitask.results_table(metrics, config.tasks)))
 print(f"mean macro-F1: validation {metrics['eval_mean_f1']:.3f}, test {metrics['test_mean_f1']:.3f}")
 """,
     ),

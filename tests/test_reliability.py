@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, tiny_args
 from safetensors.torch import load_file
-from test_train import REPO, backbone_dir, tiny_args  # noqa: F401  (backbone_dir is a fixture)
 from transformers import AutoModel
 
 import train
+import trainer_multitask
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 
@@ -35,7 +36,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(backbone_dir, tmp_path):  # noqa: F811
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(backbone_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "train.py"), *tiny_args(backbone_dir, killed, *LONG)]
@@ -57,16 +58,16 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(backbone_dir, tm
     assert_same_weights(weights(tmp_path / "uninterrupted"), weights(killed))
 
 
-def test_resume_last_skips_a_checkpoint_cut_short(backbone_dir, tmp_path):  # noqa: F811
+def test_resume_last_skips_a_checkpoint_cut_short(backbone_dir, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-5").mkdir(parents=True)
     (out / "checkpoint-5" / "trainer_state.json").write_text("{}")
     (out / "checkpoint-9").mkdir()  # a kill while writing: no trainer_state.json
-    assert train.last_complete_checkpoint(out) == str(out / "checkpoint-5")
-    assert train.last_complete_checkpoint(tmp_path) is None
+    assert trainer_multitask.last_complete_checkpoint(out) == str(out / "checkpoint-5")
+    assert trainer_multitask.last_complete_checkpoint(tmp_path) is None
 
 
-def test_same_seed_same_weights_and_metrics(backbone_dir, tmp_path):  # noqa: F811
+def test_same_seed_same_weights_and_metrics(backbone_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
         metrics = train.main(tiny_args(backbone_dir, tmp_path / name, "--max_steps", "12", "--save_strategy", "no",
@@ -76,7 +77,7 @@ def test_same_seed_same_weights_and_metrics(backbone_dir, tmp_path):  # noqa: F8
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
 
 
-def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = tiny_args(backbone_dir, out, "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no",
                      "--load_best_model_at_end", "false")  # fmt: skip
@@ -94,8 +95,8 @@ def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir,
         real_replace(src, dst)
 
     monkeypatch.setattr(train.os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(args)
+    with pytest.raises(KeyboardInterrupt):  # the same run again in its folder (no checkpoint: from the start)
+        train.main([*args, "--resume_from_checkpoint", "last"])
     assert "config.json" not in moved and not (out / "config.json").exists()
     with pytest.raises((OSError, ValueError)):  # what users call: no config.json, nothing to load
         AutoModel.from_pretrained(out, trust_remote_code=True)
@@ -152,7 +153,7 @@ def test_ten_thousand_texts_in_one_call_match_one_by_one(tiny_model, tiny_tokeni
             assert abs(alone[task]["score"] - many[i][task]["score"]) < 1e-5
 
 
-def test_json_results_are_plain(backbone_dir, tmp_path):  # noqa: F811
+def test_json_results_are_plain(backbone_dir, tmp_path):
     """all_results.json holds only numbers (no tensors or NaN), so other tools can read it."""
     out = tmp_path / "run"
     train.main(

@@ -4,91 +4,19 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import REPO, TASKS, run_child, tiny_args, write_jsonl
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel, BertTokenizerFast, set_seed
+from transformers import AutoTokenizer, set_seed
 
 import train
-from multitask_data import DataError, load_split
-
-REPO = Path(__file__).resolve().parent.parent
-TASKS = {"topic": ["Finance/Tech", "Health/Lifestyle", "Entertainment/Sports"], "sentiment": ["Negative", "Positive"]}
-WORDS = (
-    "the a is was of and to in it for on with this that movie film stock market bank app phone health diet sleep "
-    "game team win lost great bad good awful love hate price shares tech sports music show fun boring slow fast"
-).split()
-
-
-@pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory):
-    """A tiny random BERT (hidden 32, 2 layers) with a word-level vocabulary, saved like a Hub checkpoint."""
-    out = tmp_path_factory.mktemp("tiny-bert")
-    vocab = list(
-        dict.fromkeys(
-            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'"]
-        )
-    )
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    # transformers 5 ignores vocab_file in the constructor; from_pretrained reads vocab.txt from the folder
-    tokenizer = BertTokenizerFast.from_pretrained(out, model_max_length=64)
-    assert len(tokenizer) == len(vocab)
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(out)
-    return str(out)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
-
-
-def tiny_args(backbone_dir, out, *extra):
-    data = REPO / "data"
-    return [
-        "--backbone", backbone_dir,
-        "--train_file", str(data / "train.jsonl"),
-        "--validation_file", str(data / "validation.jsonl"),
-        "--test_file", str(data / "test.jsonl"),
-        "--max_train_samples", "64",
-        "--max_eval_samples", "32",
-        "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-3",
-        "--logging_steps", "1",
-        "--output_dir", str(out),
-        "--use_cpu",
-        *extra,
-    ]  # fmt: skip
-
-
-def run_child(code, cwd):
-    """Run `code` in a fresh interpreter outside the repository, offline, with the repository not importable."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def trained(backbone_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "model"
-    metrics = train.main(tiny_args(backbone_dir, out, "--num_train_epochs", "3"))
-    return out, metrics
+import trainer_multitask
+from modeling_multitask import MultiTaskModel
 
 
 def test_end_to_end_loss_falls_and_metrics_saved(trained):
@@ -123,8 +51,7 @@ def test_output_directory_contents(trained):
     assert dict(config["tasks"]) == TASKS
     card = (out / "README.md").read_text()
     assert "| test | sentiment |" in card and "python train.py" in card
-    checkpoints = sorted(out.glob("checkpoint-*"))
-    assert checkpoints and (checkpoints[-1] / "modeling_multitask.py").is_file()
+    assert not list(out.glob("checkpoint-*"))  # removed at the end of a finished run (--keep_checkpoints keeps them)
 
 
 def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path):
@@ -149,74 +76,6 @@ def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path
     for prediction in predictions:
         assert prediction["topic"]["label"] in TASKS["topic"]
         assert prediction["sentiment"]["label"] in TASKS["sentiment"]
-
-
-def test_mixed_single_task_files(tmp_path):
-    topic = write_jsonl(tmp_path / "t.jsonl", [{"text": "bank shares", "label": "Finance/Tech"}])
-    sentiment = write_jsonl(tmp_path / "s.jsonl", [{"text": "awful film", "label": "Negative"}])
-    both = write_jsonl(
-        tmp_path / "b.jsonl", [{"text": "great game", "topic": "Entertainment/Sports", "sentiment": "Positive"}]
-    )
-    ds = load_split([f"topic={topic}", f"sentiment={sentiment}", both], TASKS)
-    assert ds["text"] == ["bank shares", "awful film", "great game"]
-    assert ds["labels_topic"] == [0, -100, 2]
-    assert ds["labels_sentiment"] == [-100, 0, 1]
-
-
-def test_temperature_sampling_upsamples_small_sources(tmp_path):
-    big = write_jsonl(tmp_path / "big.jsonl", [{"text": f"t{i}", "label": "Negative"} for i in range(90)])
-    small = write_jsonl(tmp_path / "small.jsonl", [{"text": f"s{i}", "label": "Finance/Tech"} for i in range(10)])
-    entries = [f"sentiment={big}", f"topic={small}"]
-    proportional = load_split(entries, TASKS)
-    uniform = load_split(entries, TASKS, strategy="temperature", temperature=1e6)
-    assert sum(t.startswith("s") for t in proportional["text"]) == 10
-    assert sum(t.startswith("s") for t in uniform["text"]) == 50  # sizes equalised, total kept
-    assert len(uniform) == 100
-
-
-@pytest.mark.parametrize(
-    "rows, message",
-    [
-        ([{"text": "x", "topic": "Sports", "sentiment": "Positive"}], "bad.jsonl:1: unknown topic label 'Sports'; allowed: ['Finance/Tech'"),
-        ([{"txt": "x", "topic": "Finance/Tech"}], "bad.jsonl:1: no 'text' column"),
-        ([{"text": "ok", "topic": "Finance/Tech"}, {"text": "  ", "topic": "Finance/Tech"}], "bad.jsonl:2: text is '  '; expected a non-empty string"),
-        ([{"text": "x", "topic": "Finance/Tech", "genre": "news"}], "bad.jsonl:1: column(s) ['genre'] are not tasks of the model"),
-    ],
-)  # fmt: skip
-def test_bad_rows_name_file_line_and_value(tmp_path, rows, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(DataError) as info:
-        load_split([path], TASKS)
-    assert message in str(info.value)
-
-
-def test_bad_files(tmp_path):
-    malformed = tmp_path / "m.jsonl"
-    malformed.write_text('{"text": "a", "topic": "Finance/Tech"}\n{"text": "b", \n')
-    with pytest.raises(DataError, match=r"m.jsonl:2: malformed JSON"):
-        load_split([str(malformed)], TASKS)
-    with pytest.raises(DataError, match=r"nope.jsonl: file not found"):
-        load_split([str(tmp_path / "nope.jsonl")], TASKS)
-    (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(DataError, match=r"empty.jsonl: no examples \(the file is empty\)"):
-        load_split([str(tmp_path / "empty.jsonl")], TASKS)
-    with pytest.raises(
-        DataError, match=r"unknown task 'genre' in TASK=PATH; the model's tasks are \['topic', 'sentiment'\]"
-    ):
-        load_split([f"genre={malformed}"], TASKS)
-    latin1 = tmp_path / "l.jsonl"
-    latin1.write_bytes('{"text": "caf\xe9", "topic": "Finance/Tech"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match=r"l.jsonl:1: not valid UTF-8"):
-        load_split([str(latin1)], TASKS)
-    semicolon = tmp_path / "s.csv"
-    semicolon.write_text("text;topic\nhello;Finance/Tech\n")
-    with pytest.raises(
-        DataError, match=r"s.csv:1: header 'text;topic' is one column; the file seems to use another delimiter"
-    ):
-        load_split([str(semicolon)], TASKS)
-    bom = tmp_path / "bom.csv"
-    bom.write_text("\ufefftext,topic\nhello,Finance/Tech\n", encoding="utf-8")
-    assert load_split([str(bom)], TASKS)["labels_topic"] == [0]
 
 
 def test_cli_bad_data_is_one_line_and_writes_nothing(tmp_path, backbone_dir):
@@ -266,7 +125,7 @@ def test_freezing_keeps_parameters_bit_identical(backbone_dir, tmp_path):
         )
     )
     set_seed(42)  # train.main seeds the same way before building the model, so this rebuilds its initial weights
-    initial = train.build_model(train.ModelArguments(backbone=backbone_dir), TASKS).state_dict()
+    initial = MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS).state_dict()
     final = load_file(out / "model.safetensors")
     frozen_prefixes = ("backbone.embeddings.", "backbone.encoder.layer.0.", "heads.sentiment.")
     for name, value in final.items():
@@ -277,15 +136,17 @@ def test_freezing_keeps_parameters_bit_identical(backbone_dir, tmp_path):
 
 
 def test_parameter_groups_layerwise_decay_and_head_lr(backbone_dir):
-    model = train.build_model(train.ModelArguments(backbone=backbone_dir), TASKS)
-    groups = train.parameter_groups(model, lr=1.0, weight_decay=0.0, decay_names=set(), head_lr=5.0, layer_decay=0.5)
+    model = MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS)
+    groups = trainer_multitask.parameter_groups(
+        model, lr=1.0, weight_decay=0.0, decay_names=set(), head_lr=5.0, layer_decay=0.5
+    )
     rate = {id(p): g["lr"] for g in groups for p in g["params"]}
     assert rate[id(model.heads["topic"].out_proj.weight)] == 5.0
     assert rate[id(model.backbone.encoder.layer[1].output.dense.weight)] == 0.5
     assert rate[id(model.backbone.encoder.layer[0].output.dense.weight)] == 0.25
     assert rate[id(model.backbone.embeddings.word_embeddings.weight)] == 0.125
-    train.freeze(model, backbone=True)
-    groups = train.parameter_groups(model, lr=1.0, weight_decay=0.0, decay_names=set())
+    trainer_multitask.freeze(model, backbone=True)
+    groups = trainer_multitask.parameter_groups(model, lr=1.0, weight_decay=0.0, decay_names=set())
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.heads.parameters()}
 
 
@@ -307,6 +168,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(backbone_dir, tmp_path
             "no",
             "--load_best_model_at_end",
             "false",
+            "--keep_checkpoints",
         )
     )
     train.main(tiny_args(backbone_dir, partial, *common, "--resume_from_checkpoint", str(partial / "checkpoint-3")))
@@ -385,25 +247,6 @@ def test_accelerate_two_processes(backbone_dir, tmp_path):
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
 
 
-def test_csv_and_parquet_files(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    csv_path = tmp_path / "d.csv"
-    csv_path.write_text(
-        'text,topic,sentiment\n"shares rose, again",Finance/Tech,Positive\nawful diet,Health/Lifestyle,\n'
-    )
-    parquet_path = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"text": ["great game"], "label": ["Positive"]}), parquet_path)
-    ds = load_split([str(csv_path), f"sentiment={parquet_path}"], TASKS)
-    assert ds["text"] == ["shares rose, again", "awful diet", "great game"]
-    assert ds["labels_topic"] == [0, 1, -100]
-    assert ds["labels_sentiment"] == [1, -100, 1]
-    pq.write_table(pa.table({"text": ["x"], "label": ["Neutral"]}), tmp_path / "bad.parquet")
-    with pytest.raises(DataError, match=r"bad.parquet: row 1: unknown sentiment label 'Neutral'"):
-        load_split([f"sentiment={tmp_path / 'bad.parquet'}"], TASKS)
-
-
 def test_arguments_from_one_json_file(backbone_dir, tmp_path):
     data = REPO / "data"
     args = {
@@ -476,3 +319,110 @@ def test_cli_rejects_a_csv_with_another_delimiter(tmp_path, monkeypatch):
         "than ',' (expected comma-separated columns)"
     )
     assert not (tmp_path / "o").exists()
+
+
+# ----- continuing a saved model, config flags, train/serve length, nothing machine-specific in what is shared -----
+
+
+def test_continuing_a_saved_model_keeps_its_schema_and_architecture(trained, tmp_path):
+    saved, _ = trained
+    out = tmp_path / "continued"
+    metrics = train.main(
+        [
+            "--model_name_or_path", str(saved), "--train_file", str(REPO / "data" / "train.jsonl"),
+            "--validation_file", str(REPO / "data" / "validation.jsonl"), "--test_file", str(REPO / "data" / "test.jsonl"),
+            "--max_train_samples", "16", "--max_eval_samples", "16", "--max_steps", "2", "--use_cpu",
+            "--loss_weights", "sentiment=2", "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    assert "test_mean_f1" in metrics
+    before = json.loads((saved / "config.json").read_text())
+    after = json.loads((out / "config.json").read_text())
+    for key in ("tasks", "pooling", "head_hidden_size", "head_activation", "backbone_config", "max_seq_length"):
+        assert after[key] == before[key], key
+    assert after["loss_weights"] == {"topic": 1.0, "sentiment": 2.0}  # a training setting may change
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--pooling", "cls", "error: --pooling 'cls' differs from the saved model's 'mean'"),
+        ("--head_hidden_size", "8", "error: --head_hidden_size 8 differs from the saved model's 0"),
+        ("--tasks", '{"topic": ["a", "b"]}', "error: --tasks {'topic': ['a', 'b']} differs from the saved model's"),
+    ],
+)
+def test_continuing_refuses_flags_that_change_the_architecture(
+    trained, tmp_path, monkeypatch, capsys, flag, value, message
+):
+    saved, _ = trained
+    out = tmp_path / "continued"
+    monkeypatch.setattr(
+        sys, "argv", ["train.py", "--model_name_or_path", str(saved), flag, value, "--output_dir", str(out)]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        train.cli()
+    assert str(exit_info.value).startswith(message), exit_info.value
+    assert "a saved model keeps its architecture" in str(exit_info.value)
+    assert not out.exists()
+
+
+def test_head_activation_flag_reaches_the_config_and_the_heads(backbone_dir, tmp_path):
+    out = tmp_path / "model"
+    train.main(
+        tiny_args(backbone_dir, out, "--head_hidden_size", "8", "--head_activation", "tanh", "--max_steps", "1",
+                  "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false")
+    )  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert (config["head_hidden_size"], config["head_activation"]) == (8, "tanh")
+    model = MultiTaskModel.from_pretrained(out)
+    assert any(isinstance(m, torch.nn.Tanh) for m in model.heads["topic"].modules())
+
+
+def test_training_length_is_the_default_at_inference(backbone_dir, tmp_path):
+    out = tmp_path / "model"
+    train.main(
+        tiny_args(backbone_dir, out, "--max_seq_length", "12", "--max_steps", "1", "--eval_strategy", "no",
+                  "--save_strategy", "no", "--load_best_model_at_end", "false")
+    )  # fmt: skip
+    model = MultiTaskModel.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out, config=model.config)
+    assert model.config.max_seq_length == 12
+    long_text = "the stock market was great " * 20  # 100 words, far above 12 tokens
+    assert model.tokenize([long_text], tokenizer)["input_ids"].shape == (1, 12)  # what training saw
+    assert model.tokenize([long_text], tokenizer, max_length=40)["input_ids"].shape == (1, 40)  # overridable
+
+
+def test_saved_config_and_model_card_hold_no_path_of_this_machine(trained, backbone_dir):
+    out, _ = trained
+    shared = {name: (out / name).read_text() for name in ("config.json", "README.md")}
+    for name, text in shared.items():
+        for local in (backbone_dir, str(REPO), str(out), os.path.expanduser("~")):
+            assert local not in text, f"{name} holds the local path {local}"
+    config = json.loads(shared["config.json"])
+    assert config["backbone_config"]["_name_or_path"] == Path(backbone_dir).name
+    assert "data/train.jsonl" in shared["README.md"]  # data files are named relative to where they were given
+
+
+def test_bundled_encoder_is_named_by_its_public_name():
+    args = train.ModelArguments()
+    model = train.build_model(args, train.model_config(args))
+    assert model.config.backbone_config._name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "site-packages" not in model.config.to_json_string()
+
+
+def test_model_card_follows_the_hub_conventions(trained):
+    out, metrics = trained
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert (
+        data["base_model"]
+        == Path(json.loads((out / "config.json").read_text())["backbone_config"]["_name_or_path"]).name
+    )
+    assert data["license"] == "apache-2.0" and data["library_name"] == "transformers"
+    results = {
+        (r.dataset_config, r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results
+    }  # model-index, as the Hub reads it
+    for task in TASKS:
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            assert results[(task, split, "accuracy")] == round(metrics[f"{prefix}_{task}_accuracy"], 4)
+            assert results[(task, split, "f1")] == round(metrics[f"{prefix}_{task}_f1"], 4)
