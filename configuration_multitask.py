@@ -21,6 +21,17 @@ HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def check_model_source(name_or_path):
+    """Fail at once, with a one-line ValueError, for a model path that does not exist: one that looks local (starts
+    with `.`, `/` or `~`, or has more than one `/`), or any name while HF_HUB_OFFLINE=1 rules out the Hub. A name that
+    may be on the Hub is left to the Hub."""
+    if os.path.isdir(name_or_path):
+        return
+    if constants.HF_HUB_OFFLINE or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        offline = " (and HF_HUB_OFFLINE=1 rules out the Hub)" if constants.HF_HUB_OFFLINE else ""
+        raise ValueError(f"{name_or_path}: no such model directory{offline}")
+
+
 def _schema(tasks):
     """A task schema as a plain ordered dict; accepts a mapping or a list of (name, labels) pairs, which is how
     config.json stores it (JSON objects are written with sorted keys, which would lose the task order)."""
@@ -154,10 +165,7 @@ class MultiTaskConfig(PretrainedConfig):
     def from_saved_model(cls, name_or_path, **kwargs):
         """The config of a multi-task model saved by this repository (a local directory or a Hub name), or a
         ValueError in one line that says why it is not one: no such directory, or another kind of model."""
-        missing = not os.path.isdir(name_or_path)
-        if missing and (constants.HF_HUB_OFFLINE or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
-            offline = " (and HF_HUB_OFFLINE=1 rules out the Hub)" if constants.HF_HUB_OFFLINE else ""
-            raise ValueError(f"{name_or_path}: no such model directory{offline}")
+        check_model_source(name_or_path)
         try:
             config_dict, _ = cls.get_config_dict(name_or_path, **kwargs)
         except OSError as e:

@@ -13,8 +13,12 @@ Output: one JSON object per input text, `{"line": N, "id": ..., "<task>": {"labe
 `line` is the 1-based line of the input where the text starts, `id` is copied from the input's `--id_field` when it has
 one, and `"embedding": [...]` is added with `--with_embeddings`.
 
-Restart: run the same command again. If the output exists, a partial last line (left by a kill) is cut off, and the
-run resumes after the input line named by the last complete output line; nothing is written twice or lost.
+Restart: run the same command again. `OUTPUT.resume.json` records what the output belongs to (the input's path and
+content hash, the model's path and weights hash, the settings that change a prediction); if it matches, a partial
+last line (left by a kill) is cut off and the run resumes after the input line named by the last complete output
+line, so nothing is written twice or lost. Otherwise the run is refused, naming what differs. The input may not be
+the output itself, and an exclusive lock on the output stops a second writer. Ctrl-C stops with exit status 130 and
+says up to which input line the output is complete.
 
 Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field): `--on_error fail` (the default)
 stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts before that line, so a run re-started
@@ -77,9 +81,9 @@ class PredictArguments:
     overwrite: bool = field(default=False, metadata={"help": "Start a new output instead of resuming."})
 
     def __post_init__(self):
-        for name in ("batch_size", "window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_size", "window", "max_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -298,7 +302,9 @@ def load_model(args):
             raise InputError(f"--backend {args.backend} runs on the CPU (ONNX Runtime); drop --device {args.device}")
         quantized = args.backend == "onnx-int8"
         if not has_onnx(args.model, quantized):
-            raise InputError(f"{args.model}: no {args.backend} export; run python export_onnx.py --model {args.model} first")
+            raise InputError(
+                f"{args.model}: no {args.backend} export; run python export_onnx.py --model {args.model} first"
+            )
         try:
             model = OnnxMultiTaskModel.from_pretrained(args.model, quantized=quantized)
         except ValueError as e:  # made from other weights or another config: the message says to re-export
@@ -399,10 +405,17 @@ def label_records(records, write, args):
 def main(argv=None):
     parser = HfArgumentParser(PredictArguments)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        else:
+            (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # an arguments file that is missing, malformed or names no argument
+        print(f"error: {argv[0]}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     try:
@@ -411,8 +424,14 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Interrupted as stop:
-        where = f"up to input line {stop.line}" if stop.line else "nothing yet"
-        print(f"interrupted: {args.output} holds predictions {where}; run the same command to resume", file=sys.stderr)
+        if stop.line:
+            print(
+                f"interrupted: {args.output} holds predictions up to input line {stop.line}; "
+                "run the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted before any prediction was written", file=sys.stderr)
         return 130
     return 0
 

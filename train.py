@@ -32,7 +32,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
-from configuration_multitask import MultiTaskConfig
+from configuration_multitask import MultiTaskConfig, check_model_source
 from modeling_multitask import MultiTaskModel
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
@@ -210,12 +210,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep the checkpoint-* folders after a finished run (default: removed)."}
     )
-    verbose: bool = field(default=False, metadata={"help": "Show the libraries' notices that are hidden by default."})
+    verbose: bool = field(default=False, metadata={"help": "Show the libraries' informational logs too."})
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_train_epochs < 0:
+            raise ArgumentError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs:g}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ArgumentError(
                 f"--num_train_epochs {self.num_train_epochs:g} means no training step; give a positive number of "
@@ -246,9 +248,14 @@ def model_config(model_args):
     try:
         if not model_args.model_name_or_path:
             settings.setdefault("max_seq_length", 128)
-            backbone_config = AutoConfig.from_pretrained(resolve_backbone(model_args.backbone))
+            source = resolve_backbone(model_args.backbone)
+            check_model_source(source)
+            try:
+                backbone_config = AutoConfig.from_pretrained(source)
+            except OSError as e:
+                raise ArgumentError(f"--backbone {model_args.backbone}: {str(e).splitlines()[0]}") from None
             return MultiTaskConfig(backbone_config=backbone_config, **settings)
-        saved = MultiTaskConfig.from_pretrained(model_args.model_name_or_path)
+        saved = MultiTaskConfig.from_saved_model(model_args.model_name_or_path)
         for name in ARCHITECTURE_FIELDS:
             if name in settings and settings[name] != getattr(saved, name):
                 raise ArgumentError(
@@ -494,9 +501,15 @@ def parse_args(argv):
     if isinstance(argv, dict):  # programmatic use: {"backbone": ..., "test_file": [], ...}
         shown = [[f"--{key}", *map(str, value if isinstance(value, list) else [value])] for key, value in argv.items()]
         return (*parser.parse_dict(argv), [token for pair in shown for token in pair])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return (*parser.parse_json_file(json_file=os.path.abspath(argv[0])), argv)
-    return (*parser.parse_args_into_dataclasses(args=argv), argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return (*parser.parse_json_file(json_file=os.path.abspath(argv[0])), argv)
+        return (*parser.parse_args_into_dataclasses(args=argv), argv)
+    except ArgumentError:
+        raise
+    except (OSError, ValueError) as e:  # a missing or malformed arguments file, arguments that are no option
+        where = f"{argv[0]}: " if len(argv) == 1 and argv[0].endswith(".json") else ""
+        raise ArgumentError(f"{where}{' '.join(str(e).split())}") from None
 
 
 def main(argv=None):
@@ -505,8 +518,10 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    if training_args.verbose:
+        log_level = min(log_level, logging.INFO)
     transformers.utils.logging.set_verbosity(log_level)
-    datasets.utils.logging.set_verbosity(max(log_level, logging.WARNING))
+    datasets.utils.logging.set_verbosity(log_level if training_args.verbose else max(log_level, logging.WARNING))
 
     # Check the settings, the output folder and all data before anything is built or written.
     settings = run_settings(model_args, data_args, training_args)
@@ -583,6 +598,9 @@ def main(argv=None):
     try:
         train_result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
+        for callback in trainer.callback_handler.callbacks:  # close the progress bar now, not after our message
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
         newest = last_complete_checkpoint(training_args.output_dir, settings)
         how = (
             f"the newest checkpoint is {newest}: run the same command with --resume_from_checkpoint last to go on"
@@ -620,6 +638,9 @@ def cli():
         sys.exit(f"error: {e}")
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted before training started; no model was written", file=sys.stderr)
         sys.exit(130)
 
 
