@@ -17,6 +17,7 @@ DEFAULT_TASKS = {
     "sentiment": ["Negative", "Positive"],
 }
 POOLING_MODES = ("mean", "cls", "max")
+DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label with no tuned one
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -67,6 +68,14 @@ class MultiTaskConfig(PretrainedConfig):
             Token limit the model was trained with (`train.py --max_seq_length`). Inference truncates to it by default
             (overridable per call), so the model sees at serving time what it saw in training. `None`: the encoder's
             own limit.
+        multi_label_tasks (`list[str]`, *optional*):
+            The tasks that are multi-label: a text has any number of their labels (sigmoid per label, binary
+            cross-entropy). Every other task is single-label (softmax, cross-entropy), the default. A multi-label task
+            may have a single label.
+        label_thresholds (`dict[str, list[float]]`, *optional*):
+            Per multi-label task, one decision threshold per label, in label order: a label is predicted when its
+            sigmoid score is >= its threshold (`train.py` tunes them on the validation set). A task not named uses
+            `DEFAULT_THRESHOLD` (0.5) for every label.
     """
 
     model_type = "multitask_sentence_classifier"
@@ -82,6 +91,8 @@ class MultiTaskConfig(PretrainedConfig):
         head_activation="gelu",
         loss_weights=None,
         max_seq_length=None,
+        multi_label_tasks=None,
+        label_thresholds=None,
         **kwargs,
     ):
         if backbone_config is None:
@@ -100,7 +111,11 @@ class MultiTaskConfig(PretrainedConfig):
             # implementation of every declared sub-config, which would switch a live encoder's attention kernel).
             backbone_config = copy.deepcopy(backbone_config)
         tasks = _schema(DEFAULT_TASKS if tasks is None else tasks)
-        self._validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights)
+        self._validate_kinds(tasks, multi_label_tasks or [], label_thresholds or {})
+        multi_label_tasks = [task for task in tasks if task in (multi_label_tasks or [])]  # in schema order
+        self._validate(
+            tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights, multi_label_tasks
+        )
         if max_seq_length is not None and (
             isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 1
         ):
@@ -114,17 +129,20 @@ class MultiTaskConfig(PretrainedConfig):
         self.head_activation = head_activation
         self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
         self.max_seq_length = max_seq_length
+        self.multi_label_tasks = multi_label_tasks
+        self.label_thresholds = {task: [float(t) for t in values] for task, values in (label_thresholds or {}).items()}
         super().__init__(**kwargs)
 
     @staticmethod
-    def _validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights):
+    def _validate(tasks, pooling, classifier_dropout, head_hidden_size, head_activation, loss_weights, multi_label=()):
         if not tasks:
             raise ValueError("tasks is empty: give at least one task, e.g. {'sentiment': ['Negative', 'Positive']}")
         for task, labels in tasks.items():
             if not isinstance(task, str) or not _TASK_NAME.fullmatch(task):
                 raise ValueError(f"task name {task!r} is not a Python identifier (letters, digits, '_')")
-            if len(labels) < 2:
-                raise ValueError(f"task {task!r} has {len(labels)} label(s) {labels}; a task needs at least 2")
+            if len(labels) < (1 if task in multi_label else 2):
+                need = "a multi-label task needs at least 1" if task in multi_label else "a task needs at least 2"
+                raise ValueError(f"task {task!r} has {len(labels)} label(s) {labels}; {need}")
             if not all(isinstance(label, str) and label for label in labels):
                 raise ValueError(f"task {task!r} has a label that is not a non-empty string: {labels}")
             duplicates = sorted({label for label in labels if labels.count(label) > 1})
@@ -144,17 +162,75 @@ class MultiTaskConfig(PretrainedConfig):
             if weight < 0:
                 raise ValueError(f"loss weight of task {task!r} must be >= 0, got {weight}")
 
+    @staticmethod
+    def _validate_kinds(tasks, multi_label_tasks, label_thresholds):
+        if isinstance(multi_label_tasks, str) or not isinstance(multi_label_tasks, (list, tuple)):
+            raise ValueError(f"multi_label_tasks must be a list of task names, got {multi_label_tasks!r}")
+        for task in multi_label_tasks:
+            if task not in tasks:
+                raise ValueError(f"multi_label_tasks names unknown task {task!r}; tasks are {list(tasks)}")
+        if not isinstance(label_thresholds, dict):
+            raise ValueError(f"label_thresholds must be a dict task -> [threshold per label], got {label_thresholds!r}")
+        for task, values in label_thresholds.items():
+            if task not in multi_label_tasks:
+                raise ValueError(f"label_thresholds names task {task!r}, which is not in multi_label_tasks")
+            if not isinstance(values, (list, tuple)) or len(values) != len(tasks[task]):
+                raise ValueError(
+                    f"label_thresholds[{task!r}] must be a list of {len(tasks[task])} thresholds (one per label), "
+                    f"got {values!r}"
+                )
+            if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in values):
+                raise ValueError(f"label_thresholds[{task!r}] must hold numbers in [0, 1], got {values}")
+
     def __setattr__(self, key, value):
         # `from_pretrained(path, tasks=...)` sets attributes on the loaded config. Changing the schema of a config
-        # that already has one would silently pair checkpoint heads with the wrong labels, so refuse it.
+        # that already has one would silently pair checkpoint heads with the wrong labels (or the wrong loss), so
+        # refuse it; `add_task` is the one way to grow a schema.
         if key == "tasks":
             value = _schema(value)  # store the ordered-dict form whichever accepted form was given
             if "tasks" in self.__dict__ and value != self.__dict__["tasks"]:
                 raise ValueError(
                     f"this config (or checkpoint) was built for tasks {self.__dict__['tasks']} but tasks "
-                    f"{value} were asked for; to train new heads, use MultiTaskModel.from_backbone(...)"
+                    f"{value} were asked for; to train new heads, use MultiTaskModel.from_backbone(...), or "
+                    "MultiTaskModel.add_task(...) to add one"
                 )
+        if key == "multi_label_tasks" and "multi_label_tasks" in self.__dict__:
+            if list(value or []) != self.__dict__["multi_label_tasks"]:
+                raise ValueError(
+                    f"this config (or checkpoint) has multi-label tasks {self.__dict__['multi_label_tasks']} but "
+                    f"{value} were asked for; a task's kind is part of its trained head"
+                )
+        if key == "label_thresholds" and "multi_label_tasks" in self.__dict__:
+            self._validate_kinds(self.tasks, self.multi_label_tasks, value)
+            value = {task: [float(t) for t in values] for task, values in value.items()}
         super().__setattr__(key, value)
+
+    def add_task(self, name, labels, multi_label=False):
+        """Add task `name` with `labels` (a list of label names) to the schema, after the existing tasks, with loss
+        weight 1.0; validated like a new config. This only changes the config: `MultiTaskModel.add_task` also adds
+        the task's head."""
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} already exists; tasks are {list(self.tasks)}")
+        if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+            raise ValueError(f"labels of task {name!r} must be a list of label names, got {labels!r}")
+        tasks = {**self.tasks, name: list(labels)}
+        multi_label_tasks = [*self.multi_label_tasks, name] if multi_label else list(self.multi_label_tasks)
+        self._validate(
+            tasks,
+            self.pooling,
+            self.classifier_dropout,
+            self.head_hidden_size,
+            self.head_activation,
+            self.loss_weights,
+            multi_label_tasks,
+        )
+        self.__dict__["tasks"] = tasks  # the one sanctioned change of a schema (see __setattr__)
+        self.__dict__["multi_label_tasks"] = multi_label_tasks
+        self.loss_weights = {**self.loss_weights, name: 1.0}
+
+    def thresholds(self, task):
+        """The decision thresholds of a multi-label task, one per label (DEFAULT_THRESHOLD where none was tuned)."""
+        return self.label_thresholds.get(task, [DEFAULT_THRESHOLD] * len(self.tasks[task]))
 
     def to_dict(self):
         output = super().to_dict()

@@ -1,7 +1,8 @@
 """Multi-task sentence classifier: a shared encoder, a pooling step, one classification head per task.
 
-Reads top to bottom: pooling, the head, the output dataclass, the model. One forward pass answers
-every task in `config.tasks`; labels come as `labels_<task>` keyword arguments, -100 = no label.
+Reads top to bottom: pooling, the head and its loss, the output dataclass, the inference core, the model. One forward
+pass answers every task in `config.tasks`, single-label (softmax) or multi-label (a sigmoid per label); labels come as
+`labels_<task>` keyword arguments, -100 = no label.
 """
 
 import inspect
@@ -94,6 +95,26 @@ class TaskHead(nn.Module):
         return self.out_proj(self.layers(embeddings))  # (batch, num_labels)
 
 
+def task_loss(logits, labels, multi_label=False):
+    """One task's loss over its labelled examples; -100 marks "no label".
+
+    Single-label: `labels` (batch,) label ids, mean cross-entropy over the rows that have one. Multi-label: `labels`
+    (batch, n_labels) of 0/1 (a row of -100 where the example has no label for the task), mean binary cross-entropy
+    over the labelled (row, label) pairs. With no labelled example the loss is exactly 0 (abs turns -0.0 into 0.0) but
+    still connected to the head, so DDP sees every parameter used (its gradient is 0).
+    """
+    if multi_label:
+        labels = labels.to(logits.device).view(logits.shape)  # (batch, n_labels)
+        keep = labels != IGNORE_INDEX  # (batch, n_labels)
+        if keep.any():
+            return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
+    else:
+        labels = labels.to(logits.device).view(-1)  # (batch,)
+        if (labels != IGNORE_INDEX).any():
+            return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return (logits.sum() * 0.0).abs()
+
+
 @dataclass
 class MultiTaskModelOutput(ModelOutput):
     """
@@ -105,8 +126,9 @@ class MultiTaskModelOutput(ModelOutput):
         embeddings (`torch.FloatTensor` of shape `(batch, hidden)`):
             Pooled sentence embeddings (not normalised) that every head reads.
         task_losses (`dict[str, torch.FloatTensor]`, *optional*):
-            Task name -> mean cross-entropy over that task's labelled examples in the batch (0.0 when the batch
-            holds none), for the tasks whose labels were given.
+            Task name -> mean cross-entropy over that task's labelled examples in the batch (multi-label tasks: mean
+            binary cross-entropy over their labelled (example, label) pairs; 0.0 when the batch holds none), for the
+            tasks whose labels were given.
     """
 
     loss: torch.FloatTensor | None = None
@@ -187,22 +209,36 @@ class MultiTaskInference:
             logits, embeddings = self._run_batch(self.tokenize([texts[i] for i in idx], tokenizer, max_length))
             yield idx, logits, embeddings
 
-    def decode(self, logits, top_k=1):
-        """Logits of every task (task -> `(batch, n_labels)`) -> one dict per row: `{task: {"label", "score"}}`,
-        where score is the label's softmax probability; with `top_k > 1`, `{task: [top_k such dicts, best first]}`."""
-        positive_int("top_k", top_k)
+    def decode(self, logits, top_k=None):
+        """Logits of every task (task -> `(batch, n_labels)`) -> one dict per row, `{task: result}`.
+
+        Single-label task: `{"label", "score"}`, the label with the highest softmax probability; with `top_k > 1`, a
+        list of the `top_k` best such dicts. Multi-label task (`config.multi_label_tasks`): a list of `{"label",
+        "score"}` (score: the label's sigmoid probability), best first, of the labels whose score is >= their
+        threshold (`config.thresholds(task)`), possibly empty; with `top_k`, the `top_k` best labels whatever the
+        thresholds. This is the one place where logits become labels."""
+        positive_int("top_k", top_k, allow_none=True)
         per_task = {}
         for task, task_logits in logits.items():
-            k = min(top_k, task_logits.shape[-1])
-            scores, ids = task_logits.float().softmax(dim=-1).topk(k, dim=-1)  # (batch, k) each
-            per_task[task] = (scores.tolist(), ids.tolist())
+            multi_label = task in self.config.multi_label_tasks
+            n_labels = task_logits.shape[-1]
+            k = min(top_k or (n_labels if multi_label else 1), n_labels)
+            probs = task_logits.float().sigmoid() if multi_label else task_logits.float().softmax(dim=-1)
+            scores, ids = probs.topk(k, dim=-1)  # (batch, k) each, best first
+            thresholds = self.config.thresholds(task) if multi_label and not top_k else None
+            per_task[task] = (scores.tolist(), ids.tolist(), multi_label, thresholds)
         rows = []
         for row in range(len(next(iter(per_task.values()))[0])):
             result = {}
-            for task, (scores, ids) in per_task.items():
+            for task, (scores, ids, multi_label, thresholds) in per_task.items():
                 labels = self.config.tasks[task]
                 top = [{"label": labels[j], "score": s} for s, j in zip(scores[row], ids[row], strict=True)]
-                result[task] = top[0] if top_k == 1 else top
+                if not multi_label:
+                    result[task] = top if top_k and top_k > 1 else top[0]
+                elif thresholds is None:  # top_k given: the k best whatever the thresholds
+                    result[task] = top
+                else:
+                    result[task] = [t for t, j in zip(top, ids[row], strict=True) if t["score"] >= thresholds[j]]
             rows.append(result)
         return rows
 
@@ -214,11 +250,12 @@ class MultiTaskInference:
             out[idx] = F.normalize(emb, p=2, dim=-1) if normalize else emb  # (batch, hidden)
         return out
 
-    def predict(self, texts, tokenizer, batch_size=32, top_k=1, max_length=None):
+    def predict(self, texts, tokenizer, batch_size=32, top_k=None, max_length=None):
         """One dict per text, in input order: `{task: {"label": name, "score": probability}}`; with `top_k > 1`, a
-        list of the top-k such dicts per task (see `decode`)."""
+        list of the top-k such dicts per task; a multi-label task gives a list of the labels above their thresholds
+        (see `decode`)."""
         texts = check_texts(texts)
-        positive_int("top_k", top_k)
+        positive_int("top_k", top_k, allow_none=True)
         results = [None] * len(texts)
         for idx, logits, _ in self.iter_batches(texts, tokenizer, batch_size, max_length):
             for i, result in zip(idx, self.decode(logits, top_k), strict=True):
@@ -291,6 +328,22 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
         return cls(config, backbone=backbone)
 
+    def add_task(self, name, labels, multi_label=False):
+        """Add task `name` (label names `labels`; multi-label or not) with a freshly initialised head, and record it
+        in the config, so `save_pretrained` saves it. The encoder and the other heads are untouched: with them frozen
+        (`trainer_multitask.freeze`), the other tasks' outputs stay bit-identical while the new head trains."""
+        self.config.add_task(name, labels, multi_label)
+        head = TaskHead(
+            self.config.hidden_size,
+            len(self.config.tasks[name]),
+            self.config.classifier_dropout,
+            self.config.head_hidden_size,
+            self.config.head_activation,
+        )
+        head.apply(self._init_weights)
+        self.heads[name] = head.to(device=self.device, dtype=self.dtype)
+        return self.heads[name]
+
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()
 
@@ -301,6 +354,8 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         r"""
         labels_<task> (`torch.LongTensor` of shape `(batch,)`, *optional*):
             Label ids of `<task>` (indices into `config.tasks[task]`); -100 marks an example with no label for it.
+            For a multi-label task, a `torch.FloatTensor` of shape `(batch, len(config.tasks[task]))`: 1.0 for each
+            label the example has, 0.0 for the others, a row of -100 for an example with no label for the task.
         """
         expected = [f"labels_{task}" for task in self.config.tasks]
         unknown = sorted(k for k in labels if k not in expected)
@@ -324,15 +379,9 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
             task_losses = {}
             for task in self.config.tasks:
                 task_labels = labels.get(f"labels_{task}")
-                if task_labels is None:
-                    continue
-                task_labels = task_labels.to(logits[task].device).view(-1)
-                if (task_labels != IGNORE_INDEX).any():
-                    task_losses[task] = F.cross_entropy(logits[task], task_labels, ignore_index=IGNORE_INDEX)
-                else:
-                    # No labelled example for this task in the batch: exactly 0 (abs turns -0.0 into 0.0), but
-                    # still connected to the head so DDP sees every parameter used (its gradient is 0).
-                    task_losses[task] = (logits[task].sum() * 0.0).abs()
+                if task_labels is not None:
+                    multi_label = task in self.config.multi_label_tasks
+                    task_losses[task] = task_loss(logits[task], task_labels, multi_label)
             loss = sum(self.config.loss_weights[task] * value for task, value in task_losses.items())
 
         return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)

@@ -4,9 +4,11 @@
 line, yielding each bad line's problem so that both tools report it in the same words (`FILE:LINE: message`).
 
 A training entry is either `PATH` (a file with a `text` column and one column per task) or `TASK=PATH` (a
-single-task file whose `label` column holds that task's labels): JSONL, CSV/TSV or Parquet. `load_entry` raises
-every problem as a `DataError` whose one-line message names the file, the line or row, the value and what was
-expected, before any training.
+single-task file whose `label` column holds that task's labels; `labels` for a multi-label task): JSONL, CSV/TSV or
+Parquet. A multi-label task's value is a list of label names (`[]`: none of them), or in CSV a string of names
+separated by `|` (or a JSON list); a missing or empty value means "no label for this task". `load_entry` raises every
+problem as a `DataError` whose one-line message names the file, the line or row, the value and what was expected,
+before any training.
 """
 
 import csv
@@ -16,9 +18,10 @@ import random
 from contextlib import nullcontext
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features, List, Value, concatenate_datasets
 
 IGNORE_INDEX = -100
+LABEL_SEPARATOR = "|"  # between a multi-label task's label names in a CSV/TSV cell (or any string value)
 FORMATS = {
     ".txt": "txt",
     ".text": "txt",
@@ -247,9 +250,9 @@ def parse_entry(entry, tasks):
     return task, Path(path)
 
 
-def load_entry(entry, tasks):
-    """Read one entry into columns `text` and `labels_<task>` (label ids, -100 where the file has none); the first
-    bad row raises DataError."""
+def load_entry(entry, tasks, multi_label=()):
+    """Read one entry into columns `text` and `labels_<task>` (label ids, -100 where the file has none; for the tasks
+    in `multi_label`, a 0/1 float per label, all -100 where the file has none); the first bad row raises DataError."""
     only_task, path = parse_entry(entry, tasks)
     fmt = file_format(path, TRAINING_FORMATS)
     label2id = {task: {label: i for i, label in enumerate(labels)} for task, labels in tasks.items()}
@@ -259,11 +262,12 @@ def load_entry(entry, tasks):
         if error:
             raise DataError(f"{where}: {error}")
         columns["text"].append(row_text(row, where))
-        for task, label_id in row_labels(row, where, only_task, tasks, label2id).items():
+        for task, label_id in row_labels(row, where, only_task, tasks, label2id, multi_label).items():
             columns[f"labels_{task}"].append(label_id)
     if not columns["text"]:
         raise DataError(f"{path}: no examples (the file is empty)")
-    return Dataset.from_dict(columns)
+    label_types = {f"labels_{t}": List(Value("float32")) if t in multi_label else Value("int64") for t in tasks}
+    return Dataset.from_dict(columns, features=Features({"text": Value("string"), **label_types}))
 
 
 def row_text(row, where):
@@ -276,13 +280,16 @@ def row_text(row, where):
     return text
 
 
-def row_labels(row, where, only_task, tasks, label2id):
-    """`{task: label id}` for every task, IGNORE_INDEX where the row has no label for it. A single-task entry's labels
-    are in its `label` column; otherwise each task has a column of its name."""
+def row_labels(row, where, only_task, tasks, label2id, multi_label=()):
+    """`{task: label id}` for every task, IGNORE_INDEX where the row has no label for it; for a task in `multi_label`,
+    its `multi_hot` list. A single-task entry's labels are in its `label` column (a multi-label task's in `labels`, or
+    `label`); otherwise each task has a column of its name."""
     if only_task is not None:
-        if "label" not in row:
-            raise DataError(f"{where}: no 'label' column for task {only_task!r} (columns: {sorted(row)})")
-        wanted = {only_task: "label"}
+        names = ("labels", "label") if only_task in multi_label else ("label",)
+        column = next((name for name in names if name in row), None)
+        if column is None:
+            raise DataError(f"{where}: no {names[0]!r} column for task {only_task!r} (columns: {sorted(row)})")
+        wanted = {only_task: column}
     else:
         extra = sorted(set(row) - {"text", "id"} - set(tasks))
         if extra:
@@ -293,13 +300,43 @@ def row_labels(row, where, only_task, tasks, label2id):
     ids = {}
     for task in tasks:
         value = row.get(wanted[task]) if task in wanted else None
-        if value is None or value == "":
+        if task in multi_label:
+            ids[task] = multi_hot(value, where, task, tasks[task], label2id[task])
+        elif value is None or value == "":
             ids[task] = IGNORE_INDEX
         elif not isinstance(value, str) or value not in label2id[task]:  # a list is not even hashable
             raise DataError(f"{where}: unknown {task} label {value!r}; allowed: {tasks[task]}")
         else:
             ids[task] = label2id[task][value]
     return ids
+
+
+def multi_hot(value, where, task, labels, label2id):
+    """A multi-label task's value -> 1.0 for each label named, 0.0 for the others; a row of IGNORE_INDEX when there is
+    none (None or ""). The value is a list of label names (`[]`: none of the labels applies), or a string: a JSON list,
+    or names separated by LABEL_SEPARATOR (how a CSV cell holds them)."""
+    if value is None or value == "":
+        return [float(IGNORE_INDEX)] * len(labels)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: {task} labels {value!r} are not a JSON list ({e.msg})") from None
+        else:
+            value = [name.strip() for name in text.split(LABEL_SEPARATOR)]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(
+            f"{where}: {task} labels are {value!r}; expected a list of label names "
+            f"(or names separated by {LABEL_SEPARATOR!r})"
+        )
+    hot = [0.0] * len(labels)
+    for name in value:
+        if not isinstance(name, str) or name not in label2id:
+            raise DataError(f"{where}: unknown {task} label {name!r}; allowed: {labels}")
+        hot[label2id[name]] = 1.0
+    return hot
 
 
 def mix_sources(sources, strategy="proportional", temperature=2.0, seed=42):
@@ -325,9 +362,10 @@ def mix_sources(sources, strategy="proportional", temperature=2.0, seed=42):
     return concatenate_datasets(resampled)
 
 
-def load_split(entries, tasks, max_samples=None, strategy="proportional", temperature=2.0, seed=42):
-    """Read every entry of one split, mix them and cap the result at `max_samples` rows (shuffled first)."""
-    dataset = mix_sources([load_entry(e, tasks) for e in entries], strategy, temperature, seed)
+def load_split(entries, tasks, max_samples=None, strategy="proportional", temperature=2.0, seed=42, multi_label=()):
+    """Read every entry of one split, mix them and cap the result at `max_samples` rows (shuffled first). The tasks in
+    `multi_label` are read as multi-label (see `multi_hot`)."""
+    dataset = mix_sources([load_entry(e, tasks, multi_label) for e in entries], strategy, temperature, seed)
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset
@@ -335,4 +373,8 @@ def load_split(entries, tasks, max_samples=None, strategy="proportional", temper
 
 def label_counts(dataset, tasks):
     """`{task: number of labelled examples}` of a loaded split."""
-    return {task: sum(1 for v in dataset[f"labels_{task}"] if v != IGNORE_INDEX) for task in tasks}
+
+    def labelled(value):  # a label id, or a multi-label task's row (all IGNORE_INDEX when it has none)
+        return (value[0] if isinstance(value, list) else value) != IGNORE_INDEX
+
+    return {task: sum(1 for v in dataset[f"labels_{task}"] if labelled(v)) for task in tasks}

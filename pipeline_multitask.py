@@ -25,8 +25,9 @@ TASK = "multitask-classification"
 
 class MultiTaskClassificationPipeline(Pipeline):
     """One text -> `{task: {"label", "score"}}` for every task of the model; with `top_k=k`, `{task: [k such dicts,
-    best first]}`. A list of texts gives a list of those (`batch_size=` batches them). Texts are truncated to the
-    encoder's limit (`max_length=` lowers it)."""
+    best first]}`; a multi-label task gives the list of its labels above their thresholds (see the model's `decode`).
+    A list of texts gives a list of those (`batch_size=` batches them). Texts are truncated to the encoder's limit
+    (`max_length=` lowers it)."""
 
     _load_processor = False
     _load_image_processor = False
@@ -50,7 +51,7 @@ class MultiTaskClassificationPipeline(Pipeline):
         # Flat keys: the pipeline's un-batching walks a dict of tensors, not a dict of dicts.
         return {f"logits_{task}": logits[task] for task in self.model.config.tasks}  # each (batch, n_labels)
 
-    def postprocess(self, model_outputs, top_k=1):
+    def postprocess(self, model_outputs, top_k=None):
         logits = {task: model_outputs[f"logits_{task}"] for task in self.model.config.tasks}  # each (1, n_labels)
         return self.model.decode(logits, top_k)[0]  # the model's one decoding rule
 

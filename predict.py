@@ -25,11 +25,14 @@ stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts 
 once the line is fixed continues from it; `--on_error skip` logs a warning naming the line and writes nothing for it.
 """
 
+import dataclasses
 import fcntl
 import hashlib
+import heapq
 import json
 import logging
 import os
+import shutil
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -330,15 +333,32 @@ def check_paths(args):
     return output
 
 
+def process_share():
+    """(rank, world size) of this process under a launcher (torchrun, accelerate launch): (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def predict(args, model=None, tokenizer=None, progress=None):
     """Label `args.input` into `args.output`, going on after the last line written if the output is this run's.
 
-    `model`/`tokenizer`, if given, are used instead of loading `args.model` (which still names the model in the
-    output's record); `progress(line)` is called after each written window with the last input line written. Raises
-    InputError for a bad file, a bad line (on_error=fail) or an output of another run, and Interrupted on Ctrl-C."""
+    Under a launcher with N processes, the input's windows are shared among them (see `predict_shared`); the output
+    is the same, line for line, as one process writes. `model`/`tokenizer`, if given, are used instead of loading
+    `args.model` (which still names the model in the output's record); `progress(line)` is called after each written
+    window with the last input line written. Raises InputError for a bad file, a bad line (on_error=fail) or an
+    output of another run, and Interrupted on Ctrl-C."""
     args.format = input_format(args)
     output = check_paths(args)
-    identity = run_identity(args)
+    rank, world = process_share()
+    if world > 1:
+        return predict_shared(args, output, rank, world, model, tokenizer, progress)
+    label_into(output, args, run_identity(args), model, tokenizer, progress)
+    logger.info("wrote %s", output)
+
+
+def label_into(output, args, identity, model=None, tokenizer=None, progress=None, rank=0, world=1, floor=0):
+    """Label the input into `output` (a whole output, or one process's part of it), resuming after its last complete
+    line. Windows of `args.window` texts are numbered from the start of the input; window k is this process's when
+    k % world == rank. Lines up to `floor` are done already (in the merged output of an earlier shared run)."""
     created = not output.exists()
     last, locked = 0, False
     with open(output, "a+b") as out:
@@ -347,23 +367,23 @@ def predict(args, model=None, tokenizer=None, progress=None):
             locked = True
             if args.overwrite:
                 out.truncate(0)
-            last = done = resume_from(output, identity, args)
+            last = done = max(resume_from(output, identity, args), floor)
             if done:
                 logger.info("%s holds predictions up to input line %d; resuming after it", output, done)
             if model is None:
                 model, tokenizer = load_model(args)
             write_sidecar(output, identity)
-
-            def write(window):
-                nonlocal last
-                out.write(predict_window(model, tokenizer, window, args))
-                out.flush()
-                last = window[-1].line
-                if progress is not None:
-                    progress(last)
-
+            skip = done if world == 1 else 0  # a shared run numbers the windows from the start of the input
             with nullcontext(sys.stdin.buffer) if args.input == "-" else open(args.input, "rb") as stream:
-                label_records(read_records(stream, args, skip=done), write, args)
+                for k, window in enumerate(windows(read_records(stream, args, skip=skip), args)):
+                    todo = [record for record in window if record.line > done]
+                    if k % world != rank or not todo:
+                        continue
+                    out.write(predict_window(model, tokenizer, todo, args))
+                    out.flush()
+                    last = todo[-1].line
+                    if progress is not None:
+                        progress(last)
         except KeyboardInterrupt:
             raise Interrupted(last) from None
         finally:
@@ -375,12 +395,11 @@ def predict(args, model=None, tokenizer=None, progress=None):
             elif last and args.input != "-":  # lines after `last` may be edited (a fixed bad line) before a resume
                 identity["input"].update(prefix_lines=last, prefix_sha256=sha256_of(args.input, last))
                 write_sidecar(output, identity)
-    logger.info("wrote %s", output)
 
 
-def label_records(records, write, args):
-    """Feed the input's Records to `write` a window at a time, with a progress bar; a bad line stops the run
-    (after writing what precedes it, so that a re-run goes on from it) or is skipped with a warning."""
+def windows(records, args):
+    """The input's good Records, `args.window` at a time, with a progress bar. A bad line ends the last window early
+    and stops the run (after that window, so that a re-run goes on from the bad line), or is skipped with a warning."""
     with logging_redirect_tqdm(), tqdm(unit=" lines") as bar:
         window = []
         for record in records:
@@ -388,18 +407,75 @@ def label_records(records, write, args):
                 where = location(input_name(args), args.format, record.line)
                 if args.on_error == "fail":
                     if window:
-                        write(window)
+                        yield window
                     raise InputError(f"{where}: {record.error}")
                 logger.warning("%s: %s; skipped", where, record.error)
                 continue
             window.append(record)
             if len(window) == args.window:
-                write(window)
+                yield window
                 bar.update(len(window))
                 window = []
         if window:
-            write(window)
+            yield window
             bar.update(len(window))
+
+
+def predict_shared(args, output, rank, world, model=None, tokenizer=None, progress=None):
+    """N processes label one input: process r labels windows r, r + N, ... into its own part file
+    (`OUTPUT.parts/part-r-of-N.jsonl`, restartable like any output), then process 0 merges the parts in input order
+    into OUTPUT and removes them. The result is the output one process writes, line for line (same windows, same
+    batches). Run the same launcher command again after a kill: every part goes on where it stopped."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if args.input == "-":
+        raise InputError("--input -: stdin cannot be shared among processes; give a file")
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))  # for barriers only; parts are files
+    try:
+        parts = output.with_name(output.name + ".parts")
+        identity = {**run_identity(args), "processes": world}
+        if rank == 0:
+            if args.overwrite:
+                output.unlink(missing_ok=True)
+                sidecar_path(output).unlink(missing_ok=True)
+                shutil.rmtree(parts, ignore_errors=True)
+            parts.mkdir(exist_ok=True)
+        dist.barrier()
+        floor = resume_from(output, run_identity(args), args) if output.exists() else 0  # an earlier merged run
+        part = parts / f"part-{rank}-of-{world}.jsonl"
+        part_args = dataclasses.replace(args, output=str(part), overwrite=False)
+        label_into(part, part_args, identity, model, tokenizer, progress, rank, world, floor)
+        logger.info("process %d of %d labelled its part (%s)", rank, world, part)
+        dist.barrier()
+        if rank == 0:
+            merge_parts(sorted(parts.glob(f"part-*-of-{world}.jsonl")), output, run_identity(args))
+            shutil.rmtree(parts)
+            logger.info("wrote %s (%d processes)", output, world)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def merge_parts(parts, output, identity):
+    """Append the parts' lines to `output` in input order (by their `line`), atomically: written aside, then
+    renamed over the output together with its record."""
+    streams = [open(part, "rb") for part in parts]
+    tmp = output.with_name(f".{output.name}.merging")
+    try:
+        with open(tmp, "wb") as merged:
+            if output.exists():
+                with open(output, "rb") as earlier:
+                    shutil.copyfileobj(earlier, merged)
+            for line in heapq.merge(*streams, key=lambda raw: json.loads(raw)["line"]):
+                merged.write(line)
+        write_sidecar(output, identity)
+        os.replace(tmp, output)
+    finally:
+        for stream in streams:
+            stream.close()
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -39,8 +40,11 @@ from pipeline_multitask import save_pipeline
 from trainer_multitask import (
     BUNDLED,
     BUNDLED_NAME,
+    PER_LABEL_RESULTS,
+    LinearProbeCallback,
     MultiTaskTrainer,
     RunRecordCallback,
+    WeightAveragingCallback,
     freeze,
     last_complete_checkpoint,
     make_compute_metrics,
@@ -48,13 +52,14 @@ from trainer_multitask import (
     resolve_backbone,
     results_table,
     setting_differences,
+    wise_ft,
     write_run_record,
 )
 
 logger = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
 # Config fields that shape the network: a saved model keeps them (continuing it with other values is refused).
-ARCHITECTURE_FIELDS = ("tasks", "pooling", "head_hidden_size", "head_activation")
+ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_size", "head_activation")
 # Config fields that only change training (or the default input length): a continued model may take new values.
 TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
@@ -75,7 +80,17 @@ class ModelArguments:
     )
     tasks: str | None = field(
         default=None,
-        metadata={"help": 'Task schema as JSON, e.g. \'{"topic": ["A", "B"]}\'. Default: topic, sentiment.'},
+        metadata={
+            "help": 'Task schema as JSON, e.g. \'{"topic": ["A", "B"], "emotion": {"labels": ["joy", "anger"], '
+            '"multi_label": true}}\': a list of labels (single-label) or labels and kind. Default: topic, sentiment.'
+        },
+    )
+    add_tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --model_name_or_path: tasks to add to the saved model, each with a new head, as JSON in "
+            '--tasks\' form, e.g. \'{"emotion": {"labels": ["joy", "anger"], "multi_label": true}}\'.'
+        },
     )
     pooling: str | None = field(default=None, metadata={"help": "mean (default), cls or max."})
     classifier_dropout: float | None = field(default=None, metadata={"help": "Dropout before each head (0.1)."})
@@ -118,17 +133,18 @@ class ModelArguments:
             raise ArgumentError(
                 "--backbone and --model_name_or_path both given: a saved model already has its encoder; drop one"
             )
+        if self.add_tasks and not self.model_name_or_path:
+            raise ArgumentError(
+                "--add_tasks adds tasks to a saved model (--model_name_or_path); for a new model, put them in --tasks"
+            )
 
     def task_schema(self):
-        if self.tasks is None:
-            return None
-        try:
-            schema = json.loads(self.tasks)
-        except json.JSONDecodeError as e:
-            raise ArgumentError(f"--tasks is not valid JSON ({e.msg}, column {e.colno}): {self.tasks!r}") from None
-        if not isinstance(schema, dict):
-            raise ArgumentError(f'--tasks must be a JSON object {{"task": ["label", ...]}}, got {self.tasks!r}')
-        return schema
+        """`--tasks` as `(tasks, multi_label_tasks)`, or (None, None) when not given."""
+        return (None, None) if self.tasks is None else task_specs(self.tasks, "tasks")
+
+    def added_tasks(self):
+        """`--add_tasks` as `(tasks, multi_label_tasks)`; ({}, []) when not given."""
+        return ({}, []) if not self.add_tasks else task_specs(self.add_tasks, "add_tasks")
 
     def loss_weight_dict(self):
         if not self.loss_weights:
@@ -146,8 +162,10 @@ class ModelArguments:
 
     def config_settings(self):
         """The config fields given on the command line, as `MultiTaskConfig` keyword arguments."""
+        tasks, multi_label_tasks = self.task_schema()
         given = {
-            "tasks": self.task_schema(),
+            "tasks": tasks,
+            "multi_label_tasks": multi_label_tasks,
             "pooling": self.pooling,
             "head_hidden_size": self.head_hidden_size,
             "head_activation": self.head_activation,
@@ -158,6 +176,31 @@ class ModelArguments:
         return {name: value for name, value in given.items() if value is not None}
 
 
+def task_specs(text, option):
+    """A task schema given as JSON (`--tasks`, `--add_tasks`) -> `(tasks, multi_label_tasks)`. Each task's value is
+    its list of labels (a single-label task) or `{"labels": [...], "multi_label": true|false}`."""
+    try:
+        specs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArgumentError(f"--{option} is not valid JSON ({e.msg}, column {e.colno}): {text!r}") from None
+    if not isinstance(specs, dict):
+        raise ArgumentError(f'--{option} must be a JSON object {{"task": ["label", ...]}}, got {text!r}')
+    tasks, multi_label_tasks = {}, []
+    for task, spec in specs.items():
+        labels, multi_label = spec, False
+        if isinstance(spec, dict) and set(spec) <= {"labels", "multi_label"}:
+            labels, multi_label = spec.get("labels"), spec.get("multi_label", False)
+        if not isinstance(labels, list) or not isinstance(multi_label, bool):
+            raise ArgumentError(
+                f"--{option}: task {task!r} is {json.dumps(spec)}; expected a list of labels or "
+                '{"labels": [...], "multi_label": true}'
+            )
+        tasks[task] = labels
+        if multi_label:
+            multi_label_tasks.append(task)
+    return tasks, multi_label_tasks
+
+
 @dataclass
 class DataArguments:
     train_file: list[str] = field(
@@ -166,6 +209,14 @@ class DataArguments:
     )
     validation_file: list[str] = field(default_factory=lambda: [str(REPO_DIR / "data" / "validation.jsonl")])
     test_file: list[str] = field(default_factory=lambda: [str(REPO_DIR / "data" / "test.jsonl")])
+    eval_file: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Named evaluation sets besides --validation_file (named 'validation'): NAME:PATH or NAME:TASK=PATH "
+            "entries; entries of one NAME form one set, e.g. ood:topic=t.jsonl ood:sentiment=s.jsonl. Each set is "
+            "reported as eval_NAME_* (the validation set then as eval_validation_*)."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation and test examples."})
     task_sampling: str = field(default="proportional", metadata={"help": "proportional or temperature."})
@@ -182,6 +233,40 @@ class DataArguments:
             raise ArgumentError(f"--task_sampling must be proportional or temperature, got {self.task_sampling!r}")
         if self.sampling_temperature <= 0:
             raise ArgumentError(f"--sampling_temperature must be > 0, got {self.sampling_temperature}")
+        self.eval_sets()  # every --eval_file item is NAME:ENTRY, and no set takes the validation set's name
+
+    def eval_sets(self):
+        """`{name: [entry, ...]}` of every evaluation set: 'validation' (--validation_file, if any) first, then each
+        --eval_file set in the order first named."""
+        sets = {"validation": list(self.validation_file)} if self.validation_file else {}
+        for item in self.eval_file:
+            name, entry = split_named_entry(item)
+            if name == "validation" and self.validation_file:
+                raise ArgumentError(
+                    f"--eval_file {item}: the set 'validation' is --validation_file's; give this set another name"
+                )
+            sets.setdefault(name, []).append(entry)
+        return sets
+
+
+NAMED_ENTRY = re.compile(r"(\w+):(.+)")  # an evaluation set's entry, NAME:PATH or NAME:TASK=PATH
+
+
+def split_named_entry(item):
+    """`"ood:topic=t.jsonl"` -> ("ood", "topic=t.jsonl")."""
+    match = NAMED_ENTRY.fullmatch(item)
+    if match is None:
+        raise ArgumentError(
+            f"--eval_file {item}: expected NAME:PATH or NAME:TASK=PATH (NAME: letters, digits, _), e.g. ood:topic=t.jsonl"
+        )
+    return match.group(1), match.group(2)
+
+
+def entry_path(entry):
+    """The file of a data entry: PATH, TASK=PATH, NAME:PATH or NAME:TASK=PATH."""
+    match = NAMED_ENTRY.fullmatch(entry)
+    entry = match.group(2) if match else entry
+    return entry.partition("=")[2] if "=" in entry else entry
 
 
 @dataclass
@@ -199,6 +284,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2)
     load_best_model_at_end: bool = field(default=True)
     metric_for_best_model: str | None = field(default="mean_f1")
+    selection_sets: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated names of the evaluation sets best-model selection averages (e.g. 'validation,ood'): "
+            "eval_mean_f1 is the mean of each named set's mean F1, every set weighted alike. Default: every set."
+        },
+    )
     logging_steps: float = field(default=10)
     report_to: None | str | list[str] = field(default="none")
     hub_strategy: HubStrategy | str = field(default="end")
@@ -211,6 +303,27 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep the checkpoint-* folders after a finished run (default: removed)."}
     )
     verbose: bool = field(default=False, metadata={"help": "Show the libraries' informational logs too."})
+    # Fine-tuning without forgetting (benchmarks/robustness.py compares them; docs/design.md, "Robustness").
+    linear_probe_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "LP-FT: train the heads only (encoder frozen) for the first N epochs, then everything; 0 = off."
+        },
+    )
+    weight_averaging: str = field(
+        default="none",
+        metadata={"help": "none, ema or swa: evaluate, select and save weights averaged along the run."},
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "Decay of --weight_averaging ema (with warm-up)."})
+    swa_start: float = field(
+        default=0.5, metadata={"help": "--weight_averaging swa averages every step after this fraction of the run."}
+    )
+    wise_ft_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "WiSE-FT: the final encoder is (1 - alpha) * pretrained + alpha * fine-tuned; 1.0 = off (fine-tuned)."
+        },
+    )
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -225,6 +338,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
             )
         if self.output_dir and os.path.isfile(self.output_dir):
             raise ArgumentError(f"--output_dir {self.output_dir}: is a file; name a folder")
+        self.check_robustness_options()
         if str(self.eval_strategy) in ("no", "IntervalStrategy.NO") and self.load_best_model_at_end:
             # best-model selection needs evaluations; without them the last model is kept
             logger.warning("--eval_strategy no: best-model selection is off, the model of the last step is kept")
@@ -238,12 +352,44 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if self.use_cpu:
             self.dataloader_pin_memory = False
 
+    def check_robustness_options(self):
+        if self.linear_probe_epochs < 0:
+            raise ArgumentError(f"--linear_probe_epochs must be >= 0, got {self.linear_probe_epochs:g}")
+        if self.linear_probe_epochs and self.max_steps <= 0 and self.linear_probe_epochs >= self.num_train_epochs:
+            raise ArgumentError(
+                f"--linear_probe_epochs {self.linear_probe_epochs:g} leaves no epoch of --num_train_epochs "
+                f"{self.num_train_epochs:g} to fine-tune the encoder; give fewer probe epochs"
+            )
+        if self.weight_averaging not in ("none", "ema", "swa"):
+            raise ArgumentError(f"--weight_averaging must be none, ema or swa, got {self.weight_averaging!r}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ArgumentError(f"--ema_decay must be in (0, 1), got {self.ema_decay:g}")
+        if not 0.0 <= self.swa_start < 1.0:
+            raise ArgumentError(f"--swa_start must be in [0, 1) (a fraction of the run), got {self.swa_start:g}")
+        if not 0.0 <= self.wise_ft_alpha <= 1.0:
+            raise ArgumentError(f"--wise_ft_alpha must be in [0, 1], got {self.wise_ft_alpha:g}")
+
+    def selection_set_names(self, eval_sets):
+        """The evaluation sets best-model selection averages (`--selection_sets`, default all), checked against the
+        names of `eval_sets`."""
+        if self.selection_sets is None:
+            return list(eval_sets)
+        names = [name.strip() for name in self.selection_sets.split(",") if name.strip()]
+        unknown = [name for name in names if name not in eval_sets]
+        if unknown or not names:
+            raise ArgumentError(
+                f"--selection_sets {self.selection_sets!r}: {'unknown set(s) ' + str(unknown) if unknown else 'no set'}; "
+                f"the evaluation sets are {list(eval_sets)}"
+            )
+        return names
+
 
 def model_config(model_args):
     """The `MultiTaskConfig` of the model to train, checked before any data or weights are read.
 
     A new model: the encoder's config plus the settings given. A continued model (`--model_name_or_path`): the
-    checkpoint's config; architecture flags must agree with it, training settings may change."""
+    checkpoint's config; architecture flags must agree with it, training settings may change, and `--add_tasks`
+    appends tasks (their heads are added by `build_model`)."""
     settings = model_args.config_settings()
     try:
         if not model_args.model_name_or_path:
@@ -258,12 +404,22 @@ def model_config(model_args):
         saved = MultiTaskConfig.from_saved_model(model_args.model_name_or_path)
         for name in ARCHITECTURE_FIELDS:
             if name in settings and settings[name] != getattr(saved, name):
+                given, kept = f"--{name} {settings[name]!r}", getattr(saved, name)
+                if name == "multi_label_tasks":  # task kinds are given in --tasks
+                    name, given = "tasks", f"--tasks's multi-label tasks {settings[name]!r}"
                 raise ArgumentError(
-                    f"--{name} {settings[name]!r} differs from the saved model's {getattr(saved, name)!r} "
-                    f"({model_args.model_name_or_path}); a saved model keeps its architecture: drop --{name}, or "
-                    "train a new model from --backbone"
+                    f"{given} differs from the saved model's {kept!r} "
+                    f"({model_args.model_name_or_path}); a saved model keeps its architecture: drop --{name}"
+                    f"{' (--add_tasks adds tasks)' if name == 'tasks' else ''}, or train a new model from --backbone"
                 )
         changes = {name: settings[name] for name in TRAINING_FIELDS if name in settings}
+        added, added_multi_label = model_args.added_tasks()
+        existing = sorted(set(added) & set(saved.tasks))
+        if existing:
+            raise ArgumentError(f"--add_tasks: the saved model already has task(s) {existing}")
+        if added:  # after the saved tasks, validated with them below
+            changes["tasks"] = [*saved.tasks.items(), *added.items()]
+            changes["multi_label_tasks"] = [*saved.multi_label_tasks, *added_multi_label]
         if "loss_weights" in changes:  # tasks not named get 1.0, as for a new model
             changes["loss_weights"] = {**dict.fromkeys(saved.tasks, 1.0), **changes["loss_weights"]}
         if changes:
@@ -284,7 +440,17 @@ def backbone_name(name_or_path):
 
 def build_model(model_args, config):
     if model_args.model_name_or_path:
-        return MultiTaskModel.from_pretrained(model_args.model_name_or_path, config=config)
+        # The saved model with the training settings given, then a fresh head for each task of `config` it lacks
+        # (--add_tasks), added with `add_task`, as a user would.
+        saved_tasks = MultiTaskConfig.from_saved_model(model_args.model_name_or_path).tasks
+        training = {name: getattr(config, name) for name in TRAINING_FIELDS}
+        training["loss_weights"] = {task: w for task, w in config.loss_weights.items() if task in saved_tasks}
+        model = MultiTaskModel.from_pretrained(model_args.model_name_or_path, **training)
+        for task, labels in config.tasks.items():
+            if task not in saved_tasks:
+                model.add_task(task, labels, multi_label=task in config.multi_label_tasks)
+        model.config.loss_weights = dict(config.loss_weights)
+        return model
     settings = {k: v for k, v in config.to_dict().items() if k in ARCHITECTURE_FIELDS + TRAINING_FIELDS}
     return MultiTaskModel.from_backbone(
         resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
@@ -292,19 +458,22 @@ def build_model(model_args, config):
 
 
 def shown_path(entry):
-    """A path (or a TASK=PATH data entry) as the model card shows it: relative to the working directory when it is
-    below it, else its last component, so that nothing names a folder of the machine it was trained on."""
+    """A path (or a TASK=PATH, NAME:PATH, NAME:TASK=PATH data entry) as the model card shows it: relative to the working
+    directory when it is below it, else its last component, so that nothing names a folder of the machine it was
+    trained on."""
+    named = NAMED_ENTRY.fullmatch(entry)
+    name, entry = (f"{named.group(1)}:", named.group(2)) if named else ("", entry)
     task, sep, path = entry.partition("=") if "=" in entry else ("", "", entry)
     relative = os.path.relpath(os.path.abspath(path))
     shown = relative if not relative.startswith("..") else Path(path).name
-    return f"{task}{sep}{shown}"
+    return f"{name}{task}{sep}{shown}"
 
 
 def shown_command(argv):
     """`python train.py ARGS` with every argument that is a path (or TASK=PATH) shown as `shown_path` shows it."""
 
     def shown(arg):
-        path = arg.partition("=")[2] if "=" in arg and not arg.startswith("-") else arg
+        path = entry_path(arg) if not arg.startswith("-") else arg
         return shown_path(arg) if os.path.isabs(path) or os.path.exists(path) else arg
 
     return " ".join(["python train.py", *(shown(arg) for arg in argv)])
@@ -312,8 +481,13 @@ def shown_command(argv):
 
 def model_card(model, model_args, data_args, metrics, command):
     """The Hub model card: metadata (base model, licence, model-index with every task's results) and a body with the
-    task schema, the data, the command and the results table."""
+    task schema, the data, the command and the results table. Named evaluation sets (--eval_file) give one group
+    of results each, under their name as the split."""
     config = model.config
+    named_sets = data_args.eval_sets() if data_args.eval_file else {}
+    eval_splits = [(f"eval_{name}", name, entries) for name, entries in named_sets.items()] or [
+        ("eval", "validation", data_args.validation_file)
+    ]
     eval_results = [
         EvalResult(
             task_type="text-classification",
@@ -326,10 +500,7 @@ def model_card(model, model_args, data_args, metrics, command):
             metric_name=f"{task} {metric}",
             metric_value=round(metrics[f"{prefix}_{task}_{metric}"], 4),
         )
-        for prefix, split_name, files in (
-            ("eval", "validation", data_args.validation_file),
-            ("test", "test", data_args.test_file),
-        )
+        for prefix, split_name, files in (*eval_splits, ("test", "test", data_args.test_file))
         for task in config.tasks
         for metric in ("accuracy", "f1")
         if f"{prefix}_{task}_{metric}" in metrics
@@ -346,7 +517,14 @@ def model_card(model, model_args, data_args, metrics, command):
         eval_results=eval_results or None,
     )
     schema = "\n".join(
-        f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()
+        f"- `{task}`{' (multi-label)' if task in config.multi_label_tasks else ''}: "
+        f"{', '.join(f'`{label}`' for label in labels)}"
+        for task, labels in config.tasks.items()
+    )
+    other_sets = "".join(
+        f"\n- evaluation set `{name}`: {', '.join(f'`{shown_path(e)}`' for e in entries)}"
+        for name, entries in named_sets.items()
+        if name != "validation"
     )
     body = f"""
 # Multi-task sentence classifier
@@ -360,7 +538,7 @@ answers every task. Inputs are truncated to {config.max_seq_length} tokens, as i
 ## Training data
 - train: {", ".join(f"`{shown_path(e)}`" for e in data_args.train_file)}
 - validation: {", ".join(f"`{shown_path(e)}`" for e in data_args.validation_file)}
-- test: {", ".join(f"`{shown_path(e)}`" for e in data_args.test_file)}
+- test: {", ".join(f"`{shown_path(e)}`" for e in data_args.test_file)}{other_sets}
 
 ## Command
 ```
@@ -368,7 +546,7 @@ answers every task. Inputs are truncated to {config.max_seq_length} tokens, as i
 ```
 
 ## Results
-{results_table(metrics, config.tasks)}
+{results_table(metrics, config.tasks, list(named_sets))}
 
 ## Use
 ```python
@@ -429,7 +607,7 @@ def run_settings(model_args, data_args, training_args):
 
     def shareable(name, value):
         if name.endswith("_file"):  # data entries: by what they hold, not where they are
-            return [f"{shown_path(e)}#{file_sha256(e.partition('=')[2] if '=' in e else e)}" for e in value]
+            return [f"{shown_path(e)}#{file_sha256(entry_path(e))}" for e in value]
         if name in ("backbone", "model_name_or_path") and value:
             return backbone_name(value)
         return value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
@@ -523,6 +701,13 @@ def main(argv=None):
     transformers.utils.logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(log_level if training_args.verbose else max(log_level, logging.WARNING))
 
+    logger.info(
+        "process %d of %d (world size %d), device %s",
+        training_args.process_index,
+        training_args.world_size,
+        training_args.world_size,
+        training_args.device,
+    )
     # Check the settings, the output folder and all data before anything is built or written.
     settings = run_settings(model_args, data_args, training_args)
     check_output_dir(training_args, settings)
@@ -530,18 +715,27 @@ def main(argv=None):
     depth = getattr(config.backbone_config, "num_hidden_layers", None)
     if depth is not None and model_args.freeze_layers > depth:
         raise ArgumentError(f"--freeze_layers {model_args.freeze_layers}, but the encoder has {depth} layers")
+    eval_entries = data_args.eval_sets()
+    selection_sets = training_args.selection_set_names(eval_entries)
     tasks = config.tasks
     split_kwargs = {
         "strategy": data_args.task_sampling,
         "temperature": data_args.sampling_temperature,
         "seed": training_args.seed,
+        "multi_label": config.multi_label_tasks,
     }
+    multi_label = {"multi_label": config.multi_label_tasks}
     train_ds = load_split(data_args.train_file, tasks, data_args.max_train_samples, **split_kwargs)
-    eval_ds = (
-        load_split(data_args.validation_file, tasks, data_args.max_eval_samples) if data_args.validation_file else None
+    eval_splits = {
+        name: load_split(entries, tasks, data_args.max_eval_samples, **multi_label)
+        for name, entries in eval_entries.items()
+    }
+    test_ds = (
+        load_split(data_args.test_file, tasks, data_args.max_eval_samples, **multi_label)
+        if data_args.test_file
+        else None
     )
-    test_ds = load_split(data_args.test_file, tasks, data_args.max_eval_samples) if data_args.test_file else None
-    for name, ds in (("train", train_ds), ("validation", eval_ds), ("test", test_ds)):
+    for name, ds in (("train", train_ds), *eval_splits.items(), ("test", test_ds)):
         if ds is not None:
             logger.info("%s: %d examples, labelled per task %s", name, len(ds), label_counts(ds, tasks))
 
@@ -556,6 +750,12 @@ def main(argv=None):
     )
     if frozen:
         logger.info("frozen: %d parameter tensors (%s ...)", len(frozen), ", ".join(frozen[:3]))
+    # WiSE-FT interpolates towards the encoder as it is before training: the pretrained one (or a continued model's)
+    initial_encoder = (
+        {name: t.detach().to("cpu", copy=True) for name, t in model.backbone.state_dict().items()}
+        if training_args.wise_ft_alpha < 1.0
+        else None
+    )
     tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
@@ -565,10 +765,16 @@ def main(argv=None):
         return tokenizer(batch["text"], truncation=True, max_length=model.config.max_seq_length)
 
     with training_args.main_process_first(desc="tokenization"):
-        train_ds, eval_ds, test_ds = (
+        train_ds, test_ds = (
             ds.map(tokenize, batched=True, remove_columns=["text"]) if ds is not None else None
-            for ds in (train_ds, eval_ds, test_ds)
+            for ds in (train_ds, test_ds)
         )
+        eval_splits = {
+            name: ds.map(tokenize, batched=True, remove_columns=["text"]) for name, ds in eval_splits.items()
+        }
+    # Named sets (--eval_file) are evaluated as a dict (eval_<name>_*); the validation set alone as always (eval_*).
+    named_sets = list(eval_splits) if data_args.eval_file else []
+    eval_ds = eval_splits if named_sets else eval_splits.get("validation")
 
     with training_args.main_process_first(desc="output folder"):
         if training_args.should_save:
@@ -585,9 +791,10 @@ def main(argv=None):
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=make_compute_metrics(list(tasks)),
+        compute_metrics=make_compute_metrics(list(tasks), model.config),  # reads the thresholds tuned below
         head_learning_rate=model_args.head_learning_rate,
         layerwise_lr_decay=model_args.layerwise_lr_decay,
+        selection_sets=selection_sets,
     )
 
     resume = training_args.resume_from_checkpoint
@@ -595,6 +802,12 @@ def main(argv=None):
         resume = last_complete_checkpoint(training_args.output_dir, settings)
         logger.info("resuming from %s", resume or "scratch (no complete checkpoint of this run yet)")
     trainer.add_callback(RunRecordCallback(settings))
+    if training_args.linear_probe_epochs:
+        trainer.add_callback(LinearProbeCallback(training_args.linear_probe_epochs))
+    if training_args.weight_averaging != "none":
+        trainer.add_callback(
+            WeightAveragingCallback(training_args.weight_averaging, training_args.ema_decay, training_args.swa_start)
+        )
     try:
         train_result = trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
@@ -611,6 +824,13 @@ def main(argv=None):
     if trainer.state.global_step == 0:
         raise ArgumentError("training ran 0 steps; nothing was saved (check --max_steps, --num_train_epochs, the data)")
     metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
+    if initial_encoder is not None:
+        alpha = training_args.wise_ft_alpha
+        wise_ft(trainer.model, initial_encoder, alpha)
+        logger.info("WiSE-FT: the encoder is %g x fine-tuned + %g x initial", alpha, 1 - alpha)
+    validation_ds = eval_splits.get("validation")
+    if validation_ds is not None and trainer.tune_thresholds(validation_ds):  # multi-label: thresholds into the config
+        logger.info("decision thresholds tuned on the validation set: %s", model.config.label_thresholds)
     if eval_ds is not None:
         metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
     if test_ds is not None:
@@ -619,12 +839,16 @@ def main(argv=None):
     save_final(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
+        if trainer.per_label_results:  # multi-label tasks: precision, recall, F1, support, threshold per label
+            (Path(training_args.output_dir) / PER_LABEL_RESULTS).write_text(
+                json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
+            )
         trainer.save_state()
         card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv))
         card.save(Path(training_args.output_dir) / "README.md")
         if not training_args.keep_checkpoints:
             remove_checkpoints(training_args.output_dir)
-        logger.info("results (%s):\n%s", training_args.output_dir, results_table(metrics, tasks))
+        logger.info("results (%s):\n%s", training_args.output_dir, results_table(metrics, tasks, named_sets))
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Multi-task sentence classifier")

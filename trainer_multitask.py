@@ -1,26 +1,37 @@
 """The library side of training: `MultiTaskTrainer` and what it needs.
 
 `train.py` is the script that wires these pieces to a command line; benchmarks, the notebook and tests import this
-module, never the script. Here: the bundled-encoder resolution, the metrics (an `evaluate` module per task), the
-epoch-seeded length-grouped sampler, freezing and optimizer parameter groups, the trainer itself and checkpoint
-discovery.
+module, never the script. Here: the bundled-encoder resolution, the metrics (an `evaluate` module per task kind), the
+decision thresholds of multi-label tasks (tuned on the validation set) and their per-label table, the epoch-seeded
+length-grouped sampler, freezing and optimizer parameter groups, the trainer itself and checkpoint discovery.
 """
 
 import json
 import logging
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import datasets
 import evaluate
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
+from configuration_multitask import DEFAULT_THRESHOLD  # a label's threshold until one is tuned
+
 logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+# A label needs this many positive validation examples for its threshold to be tuned; below it keeps 0.5 (an F1
+# maximised on a handful of positives would fit noise).
+MIN_POSITIVES_TO_TUNE = 10
+THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0.01, 0.02, ..., 0.99
+PER_LABEL_RESULTS = "per_label_results.json"  # beside all_results.json
 BUNDLED = "bundled:all-MiniLM-L6-v2"
 # What the bundled encoder is, for config.json and model cards (never the path it was read from on this machine).
 BUNDLED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -56,16 +67,75 @@ class TaskMetric(evaluate.Metric):
         }
 
 
-def make_compute_metrics(tasks):
+class MultiLabelTaskMetric(evaluate.Metric):
+    """Exact-match accuracy, macro-F1 and micro-F1 of one multi-label task, as an `evaluate` module (scikit-learn)."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Exact-match (subset) accuracy, macro- and micro-averaged F1 of one multi-label task.",
+            citation="",
+            inputs_description="predictions, references: one 0/1 per label",
+            features=datasets.Features(
+                {
+                    "predictions": datasets.List(datasets.Value("int64")),
+                    "references": datasets.List(datasets.Value("int64")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references):
+        return {
+            "accuracy": float(accuracy_score(references, predictions)),  # every label of the example right
+            "f1": float(f1_score(references, predictions, average="macro", zero_division=0)),
+            "micro_f1": float(f1_score(references, predictions, average="micro", zero_division=0)),
+        }
+
+
+def sigmoid(logits):
+    """Sigmoid scores of logits (a numpy array), computed as `MultiTaskInference.decode` computes them."""
+    return torch.from_numpy(np.asarray(logits, dtype=np.float32)).sigmoid().numpy()
+
+
+def labelled_rows(labels):
+    """The rows of a multi-label task's (n, n_labels) labels that have labels (not a row of -100)."""
+    return (labels != IGNORE_INDEX).all(axis=-1)
+
+
+def multi_label_metrics(logits, labels, thresholds):
+    """`MultiLabelTaskMetric` of a multi-label task's labelled rows at `thresholds` (one per label), plus `f1_untuned`:
+    its macro-F1 with every threshold at 0.5."""
+    keep = labelled_rows(labels)
+    scores, references = sigmoid(logits[keep]), labels[keep].astype(np.int64)
+    result = MultiLabelTaskMetric(keep_in_memory=True).compute(
+        predictions=(scores >= np.asarray(thresholds)).astype(np.int64), references=references
+    )
+    untuned = MultiLabelTaskMetric(keep_in_memory=True).compute(
+        predictions=(scores >= DEFAULT_THRESHOLD).astype(np.int64), references=references
+    )
+    return {**result, "f1_untuned": untuned["f1"]}
+
+
+def make_compute_metrics(tasks, config=None):
+    """`compute_metrics` for `Trainer`: per task `accuracy` and macro-`f1` (a multi-label task also `micro_f1` and
+    `f1_untuned`; its accuracy is exact match), and their means over tasks, `mean_accuracy` and `mean_f1`. The
+    multi-label tasks and their thresholds come from `config` (`config.multi_label_tasks`, `config.thresholds`), read
+    each time metrics are computed, so thresholds tuned after training are the ones the final evaluation uses."""
+
     def compute_metrics(eval_pred):
         metrics = {}
+        multi_label = config.multi_label_tasks if config is not None else ()
         for task, logits, labels in zip(tasks, eval_pred.predictions, eval_pred.label_ids, strict=True):
-            keep = labels != -100
-            if not keep.any():
-                continue
-            result = TaskMetric(keep_in_memory=True).compute(
-                predictions=logits[keep].argmax(-1), references=labels[keep]
-            )
+            if task in multi_label:
+                if not labelled_rows(labels).any():
+                    continue
+                result = multi_label_metrics(logits, labels, config.thresholds(task))
+            else:
+                keep = labels != IGNORE_INDEX
+                if not keep.any():
+                    continue
+                result = TaskMetric(keep_in_memory=True).compute(
+                    predictions=logits[keep].argmax(-1), references=labels[keep]
+                )
             metrics.update({f"{task}_{name}": value for name, value in result.items()})
         for name in ("accuracy", "f1"):
             values = [metrics[f"{task}_{name}"] for task in tasks if f"{task}_{name}" in metrics]
@@ -76,14 +146,56 @@ def make_compute_metrics(tasks):
     return compute_metrics
 
 
-def results_table(metrics, tasks):
-    """A markdown table of accuracy and macro-F1 per split (validation, test) and task, from `eval_*`/`test_*` metrics."""
+def best_thresholds(scores, targets, min_positives=MIN_POSITIVES_TO_TUNE, grid=THRESHOLD_GRID):
+    """Per label, the threshold of `grid` that maximises the label's F1 when a label is predicted for score >=
+    threshold (ties go to the threshold nearest 0.5). `scores`: (n, n_labels) sigmoid scores; `targets`: (n, n_labels)
+    0/1. A label with fewer than `min_positives` positive examples keeps DEFAULT_THRESHOLD (0.5): too few to tune."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0.5
+    grid = np.asarray(grid, dtype=np.float64)
+    thresholds = []
+    for j in range(scores.shape[1]):
+        positives = int(targets[:, j].sum())
+        if positives < min_positives:
+            thresholds.append(DEFAULT_THRESHOLD)
+            continue
+        predicted = scores[None, :, j] >= grid[:, None]  # (n_grid, n)
+        tp = (predicted & targets[None, :, j]).sum(axis=1)  # (n_grid,)
+        fp = predicted.sum(axis=1) - tp
+        f1 = 2 * tp / (2 * tp + fp + (positives - tp))  # (n_grid,); positives > 0, so never 0 / 0
+        best = grid[f1 == f1.max()]
+        thresholds.append(float(best[np.argmin(np.abs(best - DEFAULT_THRESHOLD))]))
+    return thresholds
+
+
+def per_label_table(logits, labels, label_names, thresholds):
+    """`{label: {"precision", "recall", "f1", "support", "threshold"}}` of a multi-label task's labelled rows."""
+    keep = labelled_rows(labels)
+    predicted = sigmoid(logits[keep]) >= np.asarray(thresholds)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels[keep].astype(np.int64), predicted.astype(np.int64), average=None, zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(precision[j]),
+            "recall": float(recall[j]),
+            "f1": float(f1[j]),
+            "support": int(support[j]),
+            "threshold": float(thresholds[j]),
+        }
+        for j, name in enumerate(label_names)
+    }
+
+
+def results_table(metrics, tasks, eval_sets=()):
+    """A markdown table of accuracy and macro-F1 per split and task: the validation set (`eval_<task>_*`), or each
+    named evaluation set (`eval_<name>_<task>_*`) when `eval_sets` names them, then the test split (`test_*`)."""
     lines = ["| split | task | accuracy | macro-F1 |", "| --- | --- | ---: | ---: |"]
-    for split in ("eval", "test"):
+    splits = [(f"eval_{name}", name) for name in eval_sets] or [("eval", "validation")]
+    for prefix, split in [*splits, ("test", "test")]:
         for task in tasks:
-            if f"{split}_{task}_accuracy" in metrics:
-                acc, f1 = metrics[f"{split}_{task}_accuracy"], metrics[f"{split}_{task}_f1"]
-                lines.append(f"| {'validation' if split == 'eval' else 'test'} | {task} | {acc:.4f} | {f1:.4f} |")
+            if f"{prefix}_{task}_accuracy" in metrics:
+                acc, f1 = metrics[f"{prefix}_{task}_accuracy"], metrics[f"{prefix}_{task}_f1"]
+                lines.append(f"| {split} | {task} | {acc:.4f} | {f1:.4f} |")
     return "\n".join(lines)
 
 
@@ -102,15 +214,19 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 class MultiTaskTrainer(Trainer):
     """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
-    builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay."""
+    builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay. Over named
+    evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`); with a
+    `WeightAveragingCallback` it evaluates the averaged weights."""
 
-    def __init__(self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, **kwargs):
+    def __init__(self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, selection_sets=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
         self.layerwise_lr_decay = layerwise_lr_decay
+        self.selection_sets = selection_sets  # names of the evaluation sets best-model selection averages; None: all
         self.tasks = list(self.model.config.tasks)
         self._task_loss_sums = {}
         self._task_loss_steps = 0
+        self.per_label_results = {}  # metric prefix -> multi-label task -> per-label table (see evaluation_loop)
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -151,6 +267,57 @@ class MultiTaskTrainer(Trainer):
         logits = tuple(outputs.logits[task].detach() for task in self.tasks)
         labels = tuple(inputs[f"labels_{task}"] for task in self.tasks) if f"labels_{self.tasks[0]}" in inputs else None
         return loss, logits, labels
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """`Trainer.evaluation_loop`, which also keeps the per-label table (`per_label_table`) of every multi-label
+        task of the latest evaluation under each metric prefix, in `self.per_label_results[prefix][task]`."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        config = self.model.config
+        if config.multi_label_tasks and output.predictions is not None and output.label_ids is not None:
+            tables = {}
+            for task in config.multi_label_tasks:
+                logits, labels = output.predictions[self.tasks.index(task)], output.label_ids[self.tasks.index(task)]
+                if labelled_rows(labels).any():
+                    tables[task] = per_label_table(logits, labels, config.tasks[task], config.thresholds(task))
+            self.per_label_results[metric_key_prefix] = tables
+        return output
+
+    def tune_thresholds(self, dataset, min_positives=MIN_POSITIVES_TO_TUNE):
+        """Choose every multi-label task's decision thresholds on `dataset` (the validation set: `best_thresholds` per
+        label) and store them in the model's config, where `decode`, the metrics and `save_pretrained` find them.
+        Returns `{task: [threshold per label]}` ({} when the model has no multi-label task)."""
+        config = self.model.config
+        if not config.multi_label_tasks:
+            return {}
+        output = self.predict(dataset, metric_key_prefix="threshold_tuning")
+        self.per_label_results.pop("threshold_tuning", None)
+        tuned = {}
+        for task in config.multi_label_tasks:
+            logits, labels = output.predictions[self.tasks.index(task)], output.label_ids[self.tasks.index(task)]
+            keep = labelled_rows(labels)
+            if keep.any():
+                tuned[task] = best_thresholds(sigmoid(logits[keep]), labels[keep], min_positives)
+            else:
+                logger.warning("no validation labels for multi-label task %r: its thresholds stay as they are", task)
+        config.label_thresholds = {**config.label_thresholds, **tuned}
+        return tuned
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """`Trainer.evaluate` (a dict of named sets gives `{prefix}_{name}_*` metrics per set), plus two things.
+        During training with a `WeightAveragingCallback`, the averaged weights are evaluated: they are what the run
+        keeps. Over named sets, `{prefix}_mean_f1` and `{prefix}_mean_accuracy` are added (see `selection_metrics`):
+        what best-model selection reads with `metric_for_best_model="mean_f1"`."""
+        averaging = next((c for c in self.callback_handler.callbacks if isinstance(c, WeightAveragingCallback)), None)
+        with averaging.swapped_in(self.model) if averaging is not None else nullcontext():
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        sets = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(sets, dict):
+            selection = selection_metrics(metrics, self.selection_sets or list(sets), metric_key_prefix)
+            metrics.update(selection)
+            self.log(selection)
+        return metrics
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -237,6 +404,171 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
         wd = weight_decay if name in decay_names else 0.0
         groups.setdefault((rate, wd), []).append(p)
     return [{"params": params, "lr": rate, "weight_decay": wd} for (rate, wd), params in groups.items()]
+
+
+# ----- robustness: selection over named evaluation sets, LP-FT, weight averaging, WiSE-FT ----------------------------
+
+
+def selection_metrics(metrics, sets, prefix="eval"):
+    """The metric best-model selection reads over named evaluation sets: `{prefix}_mean_f1` (and `_mean_accuracy`),
+    the unweighted mean over `sets` of each set's `{prefix}_{set}_mean_f1`, so every set counts the same whatever its
+    size, and no set (the in-distribution one, say) is favoured unless it is the only one named."""
+    selected = {}
+    for name in ("f1", "accuracy"):
+        values = [metrics[f"{prefix}_{s}_mean_{name}"] for s in sets if f"{prefix}_{s}_mean_{name}" in metrics]
+        if values:
+            selected[f"{prefix}_mean_{name}"] = float(np.mean(values))
+    return selected
+
+
+class LinearProbeCallback(TrainerCallback):
+    """LP-FT (Kumar et al., ICLR 2022): the heads train alone, the encoder frozen, for the first `epochs` epochs;
+    then everything trains. Fresh random heads thus never push their large early gradients into the pretrained
+    features. The optimizer is built before training starts, encoder included: a frozen encoder gets no gradient, so
+    AdamW leaves it and its moments untouched until it is unfrozen. The phase is decided from `state.epoch`, so a run
+    resumed from a checkpoint freezes, or not, exactly as the uninterrupted run did."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+        self.frozen = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if (state.epoch or 0.0) < self.epochs:
+            self.frozen = [p for p in model.backbone.parameters() if p.requires_grad]
+            for p in self.frozen:
+                p.requires_grad_(False)
+            logger.info("LP-FT: the encoder is frozen for the first %g epochs (heads only)", self.epochs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.frozen and state.epoch >= self.epochs:
+            logger.info("LP-FT: step %d (epoch %.2f), the whole model trains from here", state.global_step, state.epoch)
+            self._unfreeze()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._unfreeze()  # a run shorter than the probe phase leaves no parameter frozen behind it
+
+    def _unfreeze(self):
+        for p in self.frozen:
+            p.requires_grad_(True)
+        self.frozen = []
+
+
+AVERAGED_WEIGHTS = "averaged_weights.safetensors"  # in each checkpoint of a run with weight averaging
+
+
+class WeightAveragingCallback(TrainerCallback):
+    """Weights averaged along the run: evaluation, best-model selection and the saved model use the average.
+
+    - `ema`: an exponential moving average, updated after every optimizer step with the decay
+      `min(decay, (1 + n) / (10 + n))` after n updates (the usual warm-up: early, barely trained weights fade fast;
+      towards the end of a run of N steps the average spans roughly its last N / 10 steps, or 1 / (1 - decay)).
+    - `swa`: stochastic weight averaging: the plain mean of the weights after every step from `start` (a fraction of
+      the run's steps) on, under the run's own learning-rate schedule; before that the average is the current weights.
+
+    `MultiTaskTrainer.evaluate` swaps the average in to evaluate during training. Checkpoints keep the raw weights,
+    so a resumed run continues the raw trajectory, and the average beside them (`averaged_weights.safetensors`). At
+    the end the model takes the average: the best checkpoint's when the best model is loaded, else the last one."""
+
+    def __init__(self, mode="ema", decay=0.999, start=0.5):
+        if mode not in ("ema", "swa"):
+            raise ValueError(f"weight averaging must be 'ema' or 'swa', got {mode!r}")
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"SWA start must be a fraction of the run in [0, 1), got {start}")
+        self.mode, self.decay, self.start = mode, decay, start
+        self.average = {}  # parameter name -> averaged tensor
+        self.updates = 0
+        self.active = False  # between train begin and end: evaluation swaps the average in
+        self._swapped = False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.average = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.updates = 0
+        if state.global_step > 0:  # resumed: the average saved with the checkpoint
+            path = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", AVERAGED_WEIGHTS)
+            if not self._load(path):
+                logger.warning("%s: missing (cut short?); the average starts again from the resumed weights", path)
+        self.active = True
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.mode == "ema":
+            weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
+            self.updates += 1
+        elif state.global_step > self.start * state.max_steps:
+            self.updates += 1
+            weight = 1.0 / self.updates  # a running mean: the first averaged step copies, then 1/2, 1/3, ...
+        else:
+            weight = 1.0  # not averaging yet: the average is the current weights
+        names = list(self.average)
+        params = dict(model.named_parameters())
+        with torch.no_grad():  # one fused kernel per dtype and device instead of one per tensor
+            torch._foreach_lerp_([self.average[n] for n in names], [params[n].detach() for n in names], weight)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and checkpoint.is_dir():
+            tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.average.items()}
+            save_file(tensors, checkpoint / AVERAGED_WEIGHTS, metadata={"updates": str(self.updates)})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.active = False
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            path = Path(state.best_model_checkpoint, AVERAGED_WEIGHTS)
+            if not self._load(path):
+                logger.warning("%s: missing; the model keeps the best checkpoint's raw weights", path)
+                return
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(self.average[name])
+        logger.info("%s weights (%d updates) are the model's", self.mode.upper(), self.updates)
+
+    @contextmanager
+    def swapped_in(self, model):
+        """The averaged weights in `model` while the block runs, the raw ones back after it; outside training, or
+        inside a block that already swapped (evaluate calls itself once per named set), it does nothing."""
+        if not self.active or self._swapped:
+            yield
+            return
+        self._swap(model)
+        self._swapped = True
+        try:
+            yield
+        finally:
+            self._swap(model)
+            self._swapped = False
+
+    def _swap(self, model):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                raw = p.detach().clone()
+                p.copy_(self.average[name])
+                self.average[name].copy_(raw)
+
+    def _load(self, path):
+        """The average (and its update count) saved in a checkpoint; False if the file is not there."""
+        if not path.is_file():
+            return False
+        saved = load_file(path)
+        for name, tensor in self.average.items():
+            tensor.copy_(saved[name])
+        with safe_open(path, framework="pt") as f:
+            self.updates = int((f.metadata() or {}).get("updates", 0))
+        return True
+
+
+def wise_ft(model, pretrained_backbone, alpha):
+    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder becomes
+    `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha` 1 keeps the fine-tuned
+    encoder and 0 restores the pretrained one, both exactly (`torch.lerp`). `pretrained_backbone` is a copy of
+    `model.backbone.state_dict()` taken before training."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
+    with torch.no_grad():
+        for name, tensor in model.backbone.state_dict().items():
+            if tensor.is_floating_point():
+                start = pretrained_backbone[name].to(device=tensor.device, dtype=tensor.dtype)
+                tensor.copy_(torch.lerp(start, tensor, alpha))
 
 
 RUN_RECORD = "run.json"  # the settings a run was started with, in its output folder and in each of its checkpoints

@@ -49,3 +49,17 @@ def run_child(code, cwd):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+# predict.py with every window slowed down (SLOW_PREDICT_DELAY seconds, default 0.05), so that a test can kill or
+# interrupt it mid-run whatever the machine's speed: `python -c SLOW_PREDICT ARGS`, with the repository on PYTHONPATH.
+SLOW_PREDICT = """
+import os, sys, time
+import predict
+real = predict.predict_window
+def slow(*args, **kwargs):
+    time.sleep(float(os.environ.get("SLOW_PREDICT_DELAY", "0.05")))
+    return real(*args, **kwargs)
+predict.predict_window = slow
+sys.exit(predict.main(sys.argv[1:]))
+"""

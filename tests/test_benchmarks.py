@@ -9,9 +9,9 @@ from helpers import REPO
 
 
 def tiny_data_dir(tmp_path):
-    """{topic,sentiment}_{train,dev}.jsonl in the layout of the real data, made from the bundled data."""
+    """{topic,sentiment}_{train,dev,dev_ood}.jsonl in the layout of the real data, made from the bundled data."""
     rows = [json.loads(line) for line in (REPO / "data" / "train.jsonl").read_text().splitlines()]
-    for split, part in (("train", rows[:48]), ("dev", rows[48:72])):
+    for split, part in (("train", rows[:48]), ("dev", rows[48:72]), ("dev_ood", rows[72:96])):
         for task in ("topic", "sentiment"):
             lines = [json.dumps({"text": r["text"], "label": r[task]}) for r in part]
             (tmp_path / f"{task}_{split}.jsonl").write_text("\n".join(lines) + "\n")
@@ -45,3 +45,66 @@ def test_speed_benchmark_runs(backbone_dir, tmp_path):
                   "--memory_lines", "200", "--gpu_config_check"])  # fmt: skip
     for marker in ("1. training throughput", "2. inference", "3. encode", "4. padding", "5. predict.py", "6. bf16"):
         assert marker in stdout, stdout
+
+
+def test_onnx_speed_benchmark_runs(backbone_dir, tmp_path):
+    from helpers import tiny_args
+
+    data = tiny_data_dir(tmp_path)
+    for task in ("topic", "sentiment"):  # the other-source dev sets: here a copy of the dev sets
+        (data / f"{task}_dev_ood.jsonl").write_text((data / f"{task}_dev.jsonl").read_text())
+    model = tmp_path / "model"
+    options = tiny_args(backbone_dir, model, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *options], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = run(["benchmarks.onnx_speed", "--data_dir", str(data), "--model", str(model), "--sentences", "16",
+                  "--latency_sentences", "2", "--e2e_sentences", "20", "--batch_size", "8", "--rounds", "1"])  # fmt: skip
+    for marker in ("1. parity", "2. accuracy", "| dev_ood | sentiment |", "3. speed", "| onnx-int8 |", "4. predict"):
+        assert marker in stdout, stdout
+    assert (model / "onnx" / "model_int8.onnx").is_file()
+
+
+def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
+    (tmp_path / "data").mkdir()
+    data = tiny_data_dir(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["benchmarks.robustness", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
+            "--epochs", "1", "--seeds", "1", "--methods", "wise_ft_0.5", "single_A", "--max_train_samples", "16"]  # fmt: skip
+    stdout = run(args)
+    assert "| wise_ft_0.5 | `--wise_ft_alpha 0.5` |" in stdout and "| single_A |" in stdout, stdout
+    assert "topic other-source dev" in stdout
+    results = json.loads((out / "results.json").read_text())
+    wise = results["rows"][0]["columns"]
+    assert set(wise) == {"topic/validation", "topic/ood", "sentiment/validation", "sentiment/ood"}
+    assert results["runs"]["wise_ft_0.5"][0]["train_examples"] == 32  # 16 per task, both tasks in one model
+    assert [r["train_examples"] for r in results["runs"]["single_A"]] == [16, 16]  # one model per task
+    assert (out / "results.md").is_file() and not list((out / "models").glob("*"))  # models deleted after evaluation
+    # run again: every run is read back, none trained again
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0 and result.stderr.count("(stored result)") == 3, result.stderr[-3000:]
+
+
+def test_emotion_benchmark_runs(backbone_dir, tmp_path):
+    """benchmarks.emotion end to end on 24 rows per task and file: emotion_*.jsonl hold GoEmotions label lists."""
+    (tmp_path / "data").mkdir()
+    data = tiny_data_dir(tmp_path / "data")
+    rows = [json.loads(line) for line in (REPO / "data" / "train.jsonl").read_text().splitlines()]
+    for split, part in (("train", rows[:48]), ("dev", rows[48:72])):
+        labels = [["joy"] if r["sentiment"] == "Positive" else ["anger", "sadness"] for r in part]
+        lines = [json.dumps({"text": r["text"], "labels": [*tags, *(["neutral"] * (i % 3 == 0))]})
+                 for i, (r, tags) in enumerate(zip(part, labels, strict=True))]  # fmt: skip
+        (data / f"emotion_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    stdout = run(["benchmarks.emotion", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
+                  "--epochs", "1", "--max_train_samples", "24", "--max_eval_samples", "24"])  # fmt: skip
+    for marker in ("| (c) topic + sentiment + emotion |", "| (d) add emotion to (a), encoder frozen |", "Anchor"):
+        assert marker in stdout, stdout
+    results = json.loads((out / "results.json").read_text())
+    a, d = results["rows"][0], results["rows"][3]
+    for task in ("topic", "sentiment"):  # frozen encoder and old heads: the old tasks' figures do not move
+        assert d["metrics"][f"eval_{task}_accuracy"] == a["metrics"][f"eval_{task}_accuracy"]
+    assert d["trainable_parameters"] == 32 * 28 + 28  # the emotion head alone: hidden 32 x 28 labels + biases
+    assert (out / "results.md").read_text().count("SMOKE RUN") == 1
+    assert (out / "c-three-task" / "per_label_results.json").is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TASKS
+from helpers import SLOW_PREDICT, TASKS
 
 import predict
 
@@ -164,19 +164,6 @@ def test_refuses_to_append_to_a_file_it_did_not_write(saved, tmp_path, capsys):
     assert (tmp_path / "out.jsonl").read_text() == "id,label\n1,good\n"
 
 
-# Slows each window down so the parent can kill the child mid-run, whatever the machine's speed.
-KILLED_CHILD = """
-import sys, time
-import predict
-real = predict.predict_window
-def slow(*args, **kwargs):
-    time.sleep(0.05)
-    return real(*args, **kwargs)
-predict.predict_window = slow
-sys.exit(predict.main(sys.argv[1:]))
-"""
-
-
 def test_killed_run_resumes_without_losing_or_repeating_a_line(saved, tmp_path):
     rng = random.Random(0)
     words = "the a movie film good bad great stock market bank money health doctor food team match win lost".split()
@@ -188,7 +175,7 @@ def test_killed_run_resumes_without_losing_or_repeating_a_line(saved, tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_CHILD, *args],
+        [sys.executable, "-c", SLOW_PREDICT, *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TASKS, tiny_args
+from helpers import REPO, SLOW_PREDICT, TASKS, tiny_args
 from transformers import AutoModel, AutoTokenizer
 
 from modeling_multitask import MultiTaskModel
@@ -135,18 +135,6 @@ def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_mode
     message = one_line_error(command("predict.py", "--model", model_dir, "--input", source, "--output", nowhere))
     assert message == f"error: {nowhere}: folder {nowhere.parent} does not exist; create it first"
     assert not nowhere.parent.exists()
-
-
-SLOW_PREDICT = """
-import sys, time
-import predict
-real = predict.predict_window
-def slow(*args, **kwargs):
-    time.sleep(0.05)
-    return real(*args, **kwargs)
-predict.predict_window = slow
-sys.exit(predict.main(sys.argv[1:]))
-"""
 
 
 def test_ctrl_c_during_prediction_says_where_it_stopped_and_resumes(saved_tiny_model, tmp_path):

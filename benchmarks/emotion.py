@@ -1,0 +1,292 @@
+"""Multi-label emotions (GoEmotions) beside topic and sentiment in one model, and adding a task to a trained model.
+
+    python -m benchmarks.emotion --data_dir ../shared/data --output_dir runs/emotion
+
+Reads `{topic,sentiment}_{train,dev}.jsonl` (text + label) and `emotion_{train,dev}.jsonl` (text + labels: a list of
+the 28 GoEmotions labels) from --data_dir; nothing is copied into the repository. Every system is one
+`python train.py ARGS.json` run (benchmarks/common.py) with the same encoder, hyper-parameters and data per task; no
+best-epoch selection (the model after the last epoch is kept); train.py tunes the emotion thresholds on the emotion
+dev set at the end, as it always does.
+
+1. One model or several: (a) topic + sentiment, (b) emotion alone, (c) topic + sentiment + emotion. Targets: emotion
+   macro-F1 of (c) at least that of (b); topic and sentiment accuracy of (c) within 0.5 points of (a).
+2. Adding emotion to the trained (a): (d) encoder and old heads frozen, only the new head trains (at
+   --probe_learning_rate: a linear probe needs a larger step); (e) encoder unfrozen, old heads frozen. Each trains on
+   the emotion data only. Reported: wall time, trainable parameters, and the old tasks' dev accuracy before (a) and
+   after.
+3. Thresholds: each system's emotion dev macro-F1 with every threshold at 0.5, with thresholds tuned on the dev set
+   itself (what train.py reports: optimistic), and cross-fitted (tuned on one half of the dev set, scored on the
+   other, both ways): the honest gain of tuning. The published anchor, BERT-base at macro-F1 0.46 on the GoEmotions
+   test set (Demszky et al., 2020), is printed beside it; the test set is not given here, so that comparison is rough.
+
+--max_train_samples / --max_eval_samples cap each task's files (the same capped rows for every system, written to
+OUTPUT_DIR/data) and --epochs shortens runs, for smoke runs. CUDA is used when available. Writes results.json (every
+figure and every run's metrics) and results.md to --output_dir and prints the table.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from benchmarks.common import run_train
+from configuration_multitask import DEFAULT_TASKS
+from modeling_multitask import MultiTaskModel
+from multitask_data import load_split
+from trainer_multitask import (
+    BUNDLED,
+    MIN_POSITIVES_TO_TUNE,
+    MultiLabelTaskMetric,
+    best_thresholds,
+    freeze,
+    labelled_rows,
+    sigmoid,
+)
+
+logger = logging.getLogger("benchmarks.emotion")
+# The GoEmotions taxonomy in its official order (emotions.txt; ../shared/data/SOURCES.md).
+EMOTIONS = [
+    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion", "curiosity", "desire",
+    "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear", "gratitude", "grief", "joy",
+    "love", "nervousness", "optimism", "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
+]  # fmt: skip
+ANCHOR = 0.46  # BERT-base, macro-F1 over the 28 labels on the GoEmotions test set (Demszky et al., ACL 2020)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="Folder with {topic,sentiment,emotion}_{train,dev}.jsonl.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--backbone", default=BUNDLED, help="Encoder of every system.")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--probe_learning_rate", type=float, default=1e-3, help="(d): only the new head trains.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
+    parser.add_argument("--seed", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def data_files(args, out):
+    """`{(task, split): path}`: the files of --data_dir, or (with a cap) their first N rows after a seeded shuffle,
+    written once to OUTPUT_DIR/data so that every system trains and is scored on the same rows."""
+    files = {}
+    for task in ("topic", "sentiment", "emotion"):
+        for split, cap in (("train", args.max_train_samples), ("dev", args.max_eval_samples)):
+            source = Path(args.data_dir) / f"{task}_{split}.jsonl"
+            if cap is None:
+                files[task, split] = str(source)
+                continue
+            lines = source.read_text(encoding="utf-8").splitlines()
+            random.Random(args.seed).shuffle(lines)
+            capped = out / "data" / source.name
+            capped.parent.mkdir(parents=True, exist_ok=True)
+            capped.write_text("\n".join(lines[:cap]) + "\n", encoding="utf-8")
+            files[task, split] = str(capped)
+    return files
+
+
+def schema(tasks):
+    """train.py's --tasks JSON for `tasks` (emotion is multi-label)."""
+    specs = {
+        task: {"labels": EMOTIONS, "multi_label": True} if task == "emotion" else DEFAULT_TASKS[task] for task in tasks
+    }
+    return json.dumps(specs)
+
+
+def options(args, files, output_dir, train_tasks, eval_tasks, **extra):
+    return {
+        "train_file": [f"{task}={files[task, 'train']}" for task in train_tasks],
+        "validation_file": [f"{task}={files[task, 'dev']}" for task in eval_tasks],
+        "test_file": [],
+        "output_dir": str(output_dir),
+        "overwrite_output_dir": True,
+        "learning_rate": args.learning_rate,
+        "num_train_epochs": args.epochs,
+        "per_device_train_batch_size": args.batch_size,
+        "per_device_eval_batch_size": 256,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+        "logging_steps": 50,
+        "report_to": "none",
+        "seed": args.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        **extra,
+    }
+
+
+def run(name, train_options, freezing):
+    """One train.py run: its metrics, wall time and trainable parameters (counted on the saved model with the same
+    freezing, through the same `freeze` that train.py calls)."""
+    logger.info("%s: training", name)
+    start = time.perf_counter()
+    metrics = run_train(train_options)
+    wall = time.perf_counter() - start
+    model = MultiTaskModel.from_pretrained(train_options["output_dir"])
+    freeze(model, **freezing)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"system": name, "metrics": metrics, "wall": wall, "train_runtime": metrics["train_runtime"],
+            "trainable_parameters": trainable, "output_dir": train_options["output_dir"]}  # fmt: skip
+
+
+def emotion_dev(model_dir, dev_file):
+    """(logits, labels) of the emotion dev set under the saved model: `(n, 28)` each."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MultiTaskModel.from_pretrained(model_dir).to(device).eval()
+    # config= keeps AutoTokenizer from reading the multi-task config.json (remote code) just to find the class
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config.backbone_config)
+    dev = load_split([f"emotion={dev_file}"], {"emotion": EMOTIONS}, multi_label=["emotion"])
+    logits = np.zeros((len(dev), len(EMOTIONS)), dtype=np.float32)
+    for idx, batch_logits, _ in model.iter_batches(dev["text"], tokenizer, batch_size=256):
+        logits[idx] = batch_logits["emotion"].numpy()
+    return logits, np.array(dev["labels_emotion"], dtype=np.float32)
+
+
+def macro_f1(scores, labels, thresholds):
+    predictions = (scores >= np.asarray(thresholds)).astype(np.int64)
+    result = MultiLabelTaskMetric(keep_in_memory=True).compute(predictions=predictions, references=labels)
+    return result["f1"]
+
+
+def threshold_figures(logits, labels, seed):
+    """Emotion dev macro-F1 at 0.5, tuned on the dev set itself, and cross-fitted over two seeded halves; plus the
+    number of labels whose threshold stayed at 0.5 for want of positives."""
+    keep = labelled_rows(labels)
+    scores, labels = sigmoid(logits[keep]), labels[keep].astype(np.int64)
+    tuned = best_thresholds(scores, labels)
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(labels)), 2)
+    predictions = np.zeros_like(labels)
+    for fit, score in ((halves[0], halves[1]), (halves[1], halves[0])):
+        thresholds = np.asarray(best_thresholds(scores[fit], labels[fit]))
+        predictions[score] = scores[score] >= thresholds
+    cross = MultiLabelTaskMetric(keep_in_memory=True).compute(predictions=predictions, references=labels)["f1"]
+    return {
+        "fixed_0.5": macro_f1(scores, labels, [0.5] * len(EMOTIONS)),
+        "tuned_on_dev": macro_f1(scores, labels, tuned),
+        "cross_fitted": cross,
+        "untuned_labels": int((labels.sum(axis=0) < MIN_POSITIVES_TO_TUNE).sum()),
+    }
+
+
+def fmt(value, digits=4):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(rows):
+    lines = [
+        "| system | tasks trained | trainable params | wall (s) | train (s) | topic acc | sentiment acc "
+        "| emotion macro-F1, 0.5 | tuned on dev | cross-fitted | emotion micro-F1 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        m, t = r["metrics"], r.get("thresholds", {})
+        lines.append(
+            f"| {r['system']} | {r['trains']} | {r['trainable_parameters']:,} | {r['wall']:.0f} | {r['train_runtime']:.0f} "
+            f"| {fmt(m.get('eval_topic_accuracy'))} | {fmt(m.get('eval_sentiment_accuracy'))} "
+            f"| {fmt(t.get('fixed_0.5'))} | {fmt(t.get('tuned_on_dev'))} | {fmt(t.get('cross_fitted'))} "
+            f"| {fmt(m.get('eval_emotion_micro_f1'))} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows):
+    a, b, c, d, e = (rows[k] for k in "abcde")
+    points = lambda x, y: 100 * (x - y)  # noqa: E731
+    lines = [
+        f"- Emotion macro-F1, three-task (c) vs emotion alone (b), thresholds tuned on dev: "
+        f"{c['thresholds']['tuned_on_dev']:.4f} vs {b['thresholds']['tuned_on_dev']:.4f} "
+        f"({points(c['thresholds']['tuned_on_dev'], b['thresholds']['tuned_on_dev']):+.2f} points; cross-fitted "
+        f"{points(c['thresholds']['cross_fitted'], b['thresholds']['cross_fitted']):+.2f}; target: >= 0).",
+    ]
+    for task in ("topic", "sentiment"):
+        before, after = a["metrics"][f"eval_{task}_accuracy"], c["metrics"][f"eval_{task}_accuracy"]
+        lines.append(
+            f"- {task} accuracy, three-task (c) vs two-task (a): {after:.4f} vs {before:.4f} "
+            f"({points(after, before):+.2f} points; target: within 0.5)."
+        )
+    for r in (d, e):
+        old = ", ".join(
+            f"{task} {a['metrics'][f'eval_{task}_accuracy']:.4f} -> {r['metrics'][f'eval_{task}_accuracy']:.4f}"
+            for task in ("topic", "sentiment")
+        )
+        lines.append(
+            f"- Adding emotion to (a), {r['system']}: old tasks' dev accuracy {old}; emotion macro-F1 "
+            f"{r['thresholds']['tuned_on_dev']:.4f}; {r['trainable_parameters']:,} trainable parameters, "
+            f"{r['train_runtime']:.0f} s of training ({r['wall']:.0f} s in all)."
+        )
+    lines.append(
+        f"- Anchor: BERT-base reaches macro-F1 {ANCHOR:.2f} on the GoEmotions test set (Demszky et al., 2020); ours, "
+        f"(c) on dev: {c['thresholds']['tuned_on_dev']:.4f} tuned on dev, {c['thresholds']['cross_fitted']:.4f} "
+        f"cross-fitted, {c['thresholds']['fixed_0.5']:.4f} at 0.5 (dev, not test: a rough comparison)."
+    )
+    lines.append(
+        f"- Tuned thresholds over a fixed 0.5, (c): "
+        f"{points(c['thresholds']['tuned_on_dev'], c['thresholds']['fixed_0.5']):+.2f} points tuned on dev "
+        f"(optimistic), {points(c['thresholds']['cross_fitted'], c['thresholds']['fixed_0.5']):+.2f} cross-fitted; "
+        f"{c['thresholds']['untuned_labels']} of 28 labels had fewer than {MIN_POSITIVES_TO_TUNE} dev positives and "
+        "kept 0.5."
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = data_files(args, out)
+    two, three, emotion = ["topic", "sentiment"], ["topic", "sentiment", "emotion"], ["emotion"]
+    new = {"backbone": args.backbone}
+    added = {"model_name_or_path": str(out / "a-two-task"), "add_tasks": schema(emotion), "freeze_heads": two}
+    probe = {"freeze_backbone": True, "learning_rate": args.probe_learning_rate}
+    systems = [  # key, name, what trains, train.py options (train tasks, validation tasks), freezing
+        ("a", "(a) topic + sentiment", "topic, sentiment",
+         options(args, files, out / "a-two-task", two, two, tasks=schema(two), **new), {}),
+        ("b", "(b) emotion alone", "emotion",
+         options(args, files, out / "b-emotion", emotion, emotion, tasks=schema(emotion), **new), {}),
+        ("c", "(c) topic + sentiment + emotion", "topic, sentiment, emotion",
+         options(args, files, out / "c-three-task", three, three, tasks=schema(three), **new), {}),
+        ("d", "(d) add emotion to (a), encoder frozen", "emotion head",
+         options(args, files, out / "d-add-frozen", emotion, three, **added, **probe), {"backbone": True, "heads": two}),
+        ("e", "(e) add emotion to (a), encoder unfrozen", "encoder, emotion head",
+         options(args, files, out / "e-add-unfrozen", emotion, three, **added), {"heads": two}),
+    ]  # fmt: skip
+    rows = {}
+    for key, name, trains, train_options, freezing in systems:  # in order: (d) and (e) start from (a)
+        rows[key] = {**run(name, train_options, freezing), "trains": trains}
+        if "emotion" in trains:
+            logits, labels = emotion_dev(train_options["output_dir"], files["emotion", "dev"])
+            rows[key]["thresholds"] = threshold_figures(logits, labels, args.seed)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "CPU")
+    capped = args.max_train_samples is not None or args.max_eval_samples is not None
+    header = (
+        f"Dev-set results, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}; encoder {args.backbone}, "
+        f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), batch "
+        f"{args.batch_size}, seed {args.seed}"
+        + (f"; SMOKE RUN, capped at {args.max_train_samples} train / {args.max_eval_samples} dev rows per task" if capped else "")
+        + f".\nCommand: python -m benchmarks.emotion {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+    )  # fmt: skip
+    table, notes = markdown(rows.values()), summary(rows)
+    (out / "results.md").write_text(f"{header}\n{table}\n\n{notes}\n", encoding="utf-8")
+    raw = {"args": vars(args), "device": device, "anchor_test_macro_f1": ANCHOR, "rows": list(rows.values())}
+    (out / "results.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    print(header)
+    print(table)
+    print()
+    print(notes)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Robustness: accuracy on text unlike the training data, for the ways of fine-tuning without forgetting.
+
+    python -m benchmarks.robustness --data_dir ../shared/data --output_dir runs/robustness
+
+Every method is `train.py` (run as a command, through an arguments file) on both training sets at once
+(`topic_train.jsonl` and `sentiment_train.jsonl` as TASK=PATH entries) with train.py's defaults plus the method's
+options, for --epochs epochs, once per seed (--seeds of them: 42, 43, ...). The baselines are two single-task
+recipes, one model per task each, also train.py runs: A (lr 1e-4, batch 16, train.py's recipe) and B (lr 5e-5,
+batch 32). Every run reports four dev columns: topic and sentiment x in-distribution dev (`*_dev.jsonl`, train.py's
+`validation` set) and other-source dev (`*_dev_ood.jsonl`, the named set `ood`). Best-model selection is train.py's
+default for every run (each epoch, by the mean of the two sets' mean F1), so all runs are chosen alike; the
+selection sees the other-source dev sets, which makes every figure a little optimistic, the same for all.
+
+Prints a line per run and then the table (accuracy, mean ± half the range over seeds) and writes results.md and
+results.json (every run's figures, F1 too) to --output_dir. Each finished run is kept in OUTPUT_DIR/runs/NAME.json
+and read back when the benchmark is run again with the same settings, so an interrupted benchmark continues where
+it stopped. CUDA is used when available; the models are deleted after evaluation unless --keep_models.
+"""
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import run_train
+from configuration_multitask import DEFAULT_TASKS
+from trainer_multitask import BUNDLED
+
+logger = logging.getLogger("benchmarks.robustness")
+
+# Each method is train.py's defaults plus these options: making one the default is changing those fields' defaults.
+METHODS = {
+    "baseline": {},
+    "low_lr": {"learning_rate": 5e-5},
+    "gentle": {"learning_rate": 5e-5, "per_device_train_batch_size": 32},  # single-task recipe B's settings
+    "head_lr": {"head_learning_rate": 1e-3},
+    "llrd": {"layerwise_lr_decay": 0.8},
+    "lp_ft": {"linear_probe_epochs": 0.5},
+    "ema": {"weight_averaging": "ema"},
+    "swa": {"weight_averaging": "swa"},
+    "wise_ft_0.5": {"wise_ft_alpha": 0.5},
+    "wise_ft_0.8": {"wise_ft_alpha": 0.8},
+}
+# One model per task, trained with the same train.py on that task's data alone.
+SINGLE_TASK = {
+    "single_A": {"learning_rate": 1e-4, "per_device_train_batch_size": 16},
+    "single_B": {"learning_rate": 5e-5, "per_device_train_batch_size": 32},
+}
+TASKS = list(DEFAULT_TASKS)
+SETS = {"validation": "dev", "ood": "dev_ood"}  # train.py's set name -> data file suffix
+COLUMNS = [(task, name) for task in TASKS for name in SETS]  # topic dev, topic ood, sentiment dev, sentiment ood
+COLUMN_TITLES = {"validation": "dev", "ood": "other-source dev"}
+# In-distribution dev accuracy of the multi-task model today (README Results, benchmarks/accuracy.py): the new
+# defaults must not fall below it.
+TODAY = {"topic": 0.889, "sentiment": 0.8945}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="Folder with {topic,sentiment}_{train,dev,dev_ood}.jsonl.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--backbone", default=BUNDLED, help="Encoder of every run.")
+    parser.add_argument("--epochs", type=float, default=2.0, help="Training epochs of every run.")
+    parser.add_argument("--seeds", type=int, default=2, help="Runs per method, seeds 42, 43, ...")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[*METHODS, *SINGLE_TASK],
+        choices=[*METHODS, *SINGLE_TASK],
+        metavar="METHOD",
+        help=f"Methods to run (default all): {', '.join([*METHODS, *SINGLE_TASK])}.",
+    )
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task and set; for smoke runs.")
+    parser.add_argument("--keep_models", action="store_true", help="Keep every run's model in OUTPUT_DIR/models.")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    return args
+
+
+def data_file(args, task, suffix):
+    return str(Path(args.data_dir) / f"{task}_{suffix}.jsonl")
+
+
+def run_options(args, options, tasks, seed, output_dir):
+    """train.py's arguments (as in an arguments file) of one run on `tasks`."""
+    cap = lambda n: n and n * len(tasks)  # noqa: E731  (caps are per task; a run's splits mix its tasks)
+    return {
+        "backbone": args.backbone,
+        **({"tasks": json.dumps({task: DEFAULT_TASKS[task] for task in tasks})} if len(tasks) < len(TASKS) else {}),
+        "train_file": [f"{task}={data_file(args, task, 'train')}" for task in tasks],
+        "validation_file": [f"{task}={data_file(args, task, SETS['validation'])}" for task in tasks],
+        "eval_file": [f"ood:{task}={data_file(args, task, SETS['ood'])}" for task in tasks],
+        "test_file": [],
+        "max_train_samples": cap(args.max_train_samples),
+        "max_eval_samples": cap(args.max_eval_samples),
+        "num_train_epochs": args.epochs,
+        "seed": seed,
+        "per_device_eval_batch_size": 128,
+        "logging_steps": 50,
+        "use_cpu": not torch.cuda.is_available(),
+        "output_dir": str(output_dir),
+        "overwrite_output_dir": True,  # a run cut short earlier is started again
+        **options,
+    }
+
+
+def train_and_evaluate(args, name, options, tasks, seed):
+    """One train.py run (or its stored result): `{"dev": {task: {set: [acc, f1]}}, "wall", ...}`."""
+    out = Path(args.output_dir)
+    run_name = f"{name}-{'+'.join(tasks)}-seed{seed}"
+    record_path = out / "runs" / f"{run_name}.json"
+    settings = run_options(args, options, tasks, seed, out / "models" / run_name)
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record["settings"] == settings:
+            return record, True
+    start = time.perf_counter()
+    metrics = run_train(settings)
+    wall = time.perf_counter() - start
+    dev = {
+        task: {s: [metrics[f"eval_{s}_{task}_accuracy"], metrics[f"eval_{s}_{task}_f1"]] for s in SETS}
+        for task in tasks
+    }
+    record = {
+        "settings": settings,
+        "dev": dev,
+        "wall": wall,
+        "train_runtime": metrics["train_runtime"],
+        "train_samples_per_second": metrics["train_samples_per_second"],
+        "train_examples": round(metrics["train_samples_per_second"] * metrics["train_runtime"]),
+    }
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    if not args.keep_models:
+        shutil.rmtree(settings["output_dir"], ignore_errors=True)
+    return record, False
+
+
+def runs_of(args):
+    """(method, options, tasks of one model, seed) of every run, multi-task methods first."""
+    seeds = [42 + i for i in range(args.seeds)]
+    plan = []
+    for method in args.methods:
+        for seed in seeds:
+            if method in METHODS:
+                plan.append((method, METHODS[method], TASKS, seed))
+            else:
+                plan.extend((method, SINGLE_TASK[method], [task], seed) for task in TASKS)
+    return plan
+
+
+def mean_spread(values):
+    """(mean, half the range) of a list of figures."""
+    return float(np.mean(values)), float((max(values) - min(values)) / 2)
+
+
+def summarise(method, records):
+    """One row: per column the accuracies and F1 over seeds (a single-task recipe's columns come from its two models)."""
+    row = {"method": method, "options": METHODS.get(method, SINGLE_TASK.get(method)), "columns": {}}
+    for task, name in COLUMNS:
+        accs = [r["dev"][task][name][0] for r in records if task in r["dev"]]
+        f1s = [r["dev"][task][name][1] for r in records if task in r["dev"]]
+        row["columns"][f"{task}/{name}"] = {"accuracy": mean_spread(accs), "f1": mean_spread(f1s), "seeds": len(accs)}
+    seeds = {r["settings"]["seed"] for r in records}
+    row["wall"] = sum(r["wall"] for r in records) / len(seeds)  # per seed: both models of a single-task recipe
+    row["train_examples"] = sum(r["train_examples"] for r in records) // len(seeds)
+    return row
+
+
+def shown_options(options):
+    return (
+        " ".join(f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}" for k, v in options.items()) or "(defaults)"
+    )
+
+
+def markdown(rows):
+    accuracy = lambda row, column: row["columns"][column]["accuracy"][0]  # noqa: E731
+    columns = [f"{task}/{name}" for task, name in COLUMNS]
+    singles = [row for row in rows if row["method"] in SINGLE_TASK]
+    best_single = {c: max(accuracy(r, c) for r in singles) for c in columns} if singles else None
+    head = " | ".join(f"{task} {COLUMN_TITLES[name]}" for task, name in COLUMNS)
+    lines = [
+        f"| method | train.py options | {head} | mean of 4 | worst column vs better single-task (pts) | "
+        "in-distribution dev vs today (pts) | train wall per seed (s) |",
+        "| --- | --- | " + "---: | " * 4 + "---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        cells = []
+        for column in columns:
+            mean, spread = row["columns"][column]["accuracy"]
+            cells.append(f"{mean:.4f} ± {spread:.4f}")
+        mean4 = np.mean([accuracy(row, c) for c in columns])
+        worst = (
+            f"{min(100 * (accuracy(row, c) - best_single[c]) for c in columns):+.2f}"
+            if best_single and row["method"] not in SINGLE_TASK
+            else "-"
+        )
+        today = min(100 * (accuracy(row, f"{task}/validation") - TODAY[task]) for task in TASKS)
+        options = shown_options(row["options"])
+        lines.append(
+            f"| {row['method']} | `{options}` | {' | '.join(cells)} | {mean4:.4f} | {worst} | {today:+.2f} | "
+            f"{row['wall']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    plan = runs_of(args)
+    logger.info("%d train.py runs on %s: %s x %d seed(s)", len(plan), device, ", ".join(args.methods), args.seeds)
+    records = {}
+    for i, (method, options, tasks, seed) in enumerate(plan, start=1):
+        record, stored = train_and_evaluate(args, method, options, tasks, seed)
+        records.setdefault(method, []).append(record)
+        figures = ", ".join(
+            f"{task} {COLUMN_TITLES[name]} {record['dev'][task][name][0]:.4f}" for task in tasks for name in SETS
+        )
+        logger.info(
+            "[%d/%d] %s (%s) seed %d: %s; %.0f s, %.1f train examples/s%s",
+            i, len(plan), method, "+".join(tasks), seed, figures, record["wall"], record["train_samples_per_second"],
+            " (stored result)" if stored else "",
+        )  # fmt: skip
+
+    rows = [summarise(method, records[method]) for method in args.methods]
+    table = markdown(rows)
+    machine = f"{device}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    header = (
+        f"Dev accuracy, mean ± half the range over {args.seeds} seed(s) (42...); {args.epochs:g} epochs; "
+        f"{time.strftime('%Y-%m-%d')}, {machine}.\n"
+        f"Today's multi-task in-distribution dev accuracy: topic {TODAY['topic']}, sentiment {TODAY['sentiment']}.\n"
+        f"Command: python -m benchmarks.robustness {' '.join(argv if argv is not None else sys.argv[1:])}\n"
+    )
+    (out / "results.md").write_text(header + "\n" + table + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"rows": rows, "runs": records}, indent=1), encoding="utf-8")
+    print(header)
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""The whole multi-task model (encoder, pooling, every head) as one ONNX graph, and an ONNX Runtime model to serve it.
+
+`export(model_dir)` writes, inside the saved model's directory (so the graphs travel with it):
+
+    onnx/model.onnx        fp32 graph: inputs input_ids, attention_mask (+ token_type_ids for encoders that take them),
+                           outputs logits_<task> (batch, n_labels) per task and embeddings (batch, hidden)
+    onnx/model_int8.onnx   the same graph with int8 weights (onnxruntime dynamic quantisation)
+    onnx/export.json       what the graphs were made from (sha256 of config.json and the weight files), opset, versions
+
+`OnnxMultiTaskModel.from_pretrained(model_dir)` loads a graph into ONNX Runtime after checking that the model's weights
+and config are still those it was exported from. It is a `MultiTaskInference`: `predict`, `encode`, `iter_batches`
+and `decode` are the same code as `MultiTaskModel`'s; only running a batch differs.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import transformers
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from torch import nn
+
+from configuration_multitask import MultiTaskConfig
+from modeling_multitask import MultiTaskInference, MultiTaskModel
+
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+GRAPH_FILES = {False: "model.onnx", True: "model_int8.onnx"}  # quantized -> file name
+MANIFEST = "export.json"
+MANIFEST_VERSION = 1
+# The files a graph is made from: the config and the weights (one file or shards with their index).
+SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                   "pytorch_model.bin.index.json")  # fmt: skip
+PARITY_TOLERANCE = 1e-4  # an export whose fp32 graph differs more than this from PyTorch on its example is refused
+
+
+class GraphModel(nn.Module):
+    """The graph's forward: `MultiTaskModel` -> a flat tuple `(logits_<task> for each task in config order,
+    embeddings)`, since an ONNX graph returns named tensors, not a `ModelOutput` of dicts."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return (*(output.logits[task] for task in self.model.config.tasks), output.embeddings)
+
+
+def input_names(model):
+    """The graph's inputs: token_type_ids only where the encoder takes them (BERT does, DistilBERT does not)."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if model._backbone_takes_token_type_ids else [])
+
+
+def output_names(config):
+    return [f"logits_{task}" for task in config.tasks] + ["embeddings"]
+
+
+def graph_path(model_dir, quantized=False):
+    return Path(model_dir) / ONNX_DIR / GRAPH_FILES[quantized]
+
+
+def source_files(model_dir):
+    """Names (relative to `model_dir`) of the files an export is made from, sorted."""
+    model_dir = Path(model_dir)
+    return sorted({p.name for pattern in SOURCE_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fingerprint(model_dir):
+    """{file name: sha256} of the model's config.json and weight file(s)."""
+    return {name: sha256(Path(model_dir) / name) for name in source_files(model_dir)}
+
+
+def read_manifest(model_dir):
+    """The export's record (onnx/export.json), or None when there is none (or it is unreadable)."""
+    try:
+        manifest = json.loads((Path(model_dir) / ONNX_DIR / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == MANIFEST_VERSION else None
+
+
+def has_onnx(model_dir, quantized=False):
+    """Whether `model_dir` holds a complete export with the fp32 (or, quantized=True, the int8) graph. It does not hash
+    the weights: `OnnxMultiTaskModel.from_pretrained` checks that the export is still current."""
+    manifest = read_manifest(model_dir)
+    name = GRAPH_FILES[quantized]
+    return manifest is not None and name in manifest.get("graphs", {}) and graph_path(model_dir, quantized).is_file()
+
+
+def check_fingerprint(model_dir, manifest):
+    """Raise a ValueError naming the first config or weight file that differs from the one the graphs were made from."""
+    recorded, current = manifest["source"], fingerprint(model_dir)
+    for name in sorted(set(recorded) | set(current)):
+        if recorded.get(name) != current.get(name):
+            what = "is gone" if name not in current else "is new" if name not in recorded else "has changed"
+            raise ValueError(
+                f"{Path(model_dir) / name} {what} since the ONNX export in {Path(model_dir) / ONNX_DIR}; "
+                f"re-run python export_onnx.py --model {model_dir}"
+            )
+
+
+# ----- export -----------------------------------------------------------------------------------------------------
+
+
+def check_model_dir(model_dir):
+    """The config of the saved multi-task model in the local directory `model_dir`, or a one-line ValueError
+    (PermissionError when the directory cannot be written) saying why it cannot be exported there."""
+    if not Path(model_dir).is_dir():
+        raise ValueError(f"{model_dir}: no such model directory")
+    config = MultiTaskConfig.from_saved_model(str(model_dir))  # a one-line ValueError for another kind of model
+    if len(source_files(model_dir)) < 2:
+        raise ValueError(f"{model_dir}: no weights (model.safetensors) next to config.json; not a saved model")
+    target = Path(model_dir) / ONNX_DIR
+    if not os.access(target if target.is_dir() else model_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"{target if target.is_dir() else model_dir}: no write permission")
+    return config
+
+
+def example_inputs(model, names):
+    """Two rows of 8 tokens (fewer if the encoder allows fewer), the second padded: a real mask, and no axis of size 1
+    (torch.export would specialise it to a constant)."""
+    seq = min(8, getattr(model.config.backbone_config, "max_position_embeddings", 8) or 8)
+    ids = torch.arange(2 * seq).reshape(2, seq) % model.config.backbone_config.vocab_size  # (2, seq)
+    mask = torch.ones_like(ids)
+    mask[1, seq // 2 :] = 0
+    values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tuple(values[name] for name in names)
+
+
+def export_fp32(model, path, opset=None):
+    """Write `model` as one fp32 ONNX graph to `path`.
+
+    Exporter: the torch.export-based one (`dynamo=True`, the default of torch >= 2.9). Both exporters produce a
+    correct graph from this model with torch 2.13 and transformers 5 here (tests/test_onnx.py checks the dynamo one).
+    The legacy TorchScript exporter is deprecated ("will be removed"), and it *traces*: every Python branch on a
+    tensor value is frozen to the path the example took (it warns about three of them in transformers' masking and
+    SDPA code), so a graph can silently be right for the example and wrong for other shapes. torch.export records
+    shapes symbolically and raises when the code specialises on a dynamic axis, so a graph that exports is dynamic
+    or the export fails. Batch and sequence axes are declared with `dynamic_shapes` (torch.export.Dim; the sequence
+    axis is capped at the encoder's position limit). The price is the onnxscript dependency and a slower export
+    (about 20 s for MiniLM on 2 cores, against 10 s).
+    """
+    names = input_names(model)
+    graph = GraphModel(model).eval()
+    batch = torch.export.Dim("batch")
+    positions = getattr(model.config.backbone_config, "max_position_embeddings", None)
+    sequence = torch.export.Dim("sequence", max=positions) if positions else torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        # notices torch gives on every export, about its own internals (the axis names are kept: tests check them)
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        program = torch.onnx.export(
+            graph,
+            example_inputs(model, names),
+            dynamo=True,
+            input_names=names,
+            output_names=output_names(model.config),
+            dynamic_shapes=tuple({0: batch, 1: sequence} for _ in names),
+            opset_version=opset,
+            verbose=False,
+        )
+    # One self-contained file (weights inside): files over 2 GB would need ONNX external data, which this does not do.
+    program.save(str(path), external_data=False)
+
+
+def check_parity(model, path):
+    """Run the fp32 graph in ONNX Runtime on the export's example and compare with PyTorch: a broken export fails here,
+    not at serving time."""
+    names = input_names(model)
+    inputs = example_inputs(model, names)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(output_names(model.config), {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+    with torch.inference_mode():
+        expected = GraphModel(model).eval()(*inputs)
+    worst = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
+    if worst > PARITY_TOLERANCE:
+        raise RuntimeError(f"the exported graph differs from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE}); not saved")
+    return worst
+
+
+def quantize_int8(fp32_path, int8_path):
+    """Dynamic quantisation: int8 weights for every MatMul/Gemm with a constant weight (and the embedding Gathers),
+    activations quantised on the fly per batch; no calibration data needed. Per output channel: one scale per column
+    instead of one per matrix. On the real dev sets (benchmarks/onnx_speed.py) it kept topic accuracy where one scale
+    per matrix lost 0.44 points, at the same speed."""
+
+    # The quantiser advises (on the root logger) running its pre-processing first: its symbolic shape inference fails on
+    # this graph, and with it skipped the result had the same accuracy; so the advice is dropped, not followed.
+    def not_the_advice(record):
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+    logging.getLogger().addFilter(not_the_advice)
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.getLogger().removeFilter(not_the_advice)
+
+
+def export(model_dir, opset=None, quantize=True):
+    """Export the saved multi-task model in `model_dir` into `model_dir/onnx/`: the fp32 graph, the int8 graph (unless
+    `quantize=False`) and export.json. Returns the paths written.
+
+    Atomic: everything is written to temporary names first; export.json is removed, the graphs moved in and a new
+    export.json moved in last, so an interrupted export leaves either the old export or no export (`has_onnx` False),
+    never a graph with the record of another. Raises a one-line ValueError for a directory that is not a saved
+    multi-task model.
+    """
+    model_dir = Path(model_dir)
+    config = check_model_dir(model_dir)
+    source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
+    model = MultiTaskModel.from_pretrained(str(model_dir), config=config).float().eval()
+    out_dir = model_dir / ONNX_DIR
+    out_dir.mkdir(exist_ok=True)
+    temporary = []
+
+    def temp_path(name):  # a hidden name of this process; written by plain open(), so with the umask's permissions
+        path = out_dir / f".export-{os.getpid()}-{name}"
+        temporary.append(path)
+        return path
+
+    try:
+        written = {False: temp_path(GRAPH_FILES[False])}
+        logger.info("exporting %s to ONNX", model_dir)
+        export_fp32(model, written[False], opset)
+        worst = check_parity(model, written[False])
+        logger.info("fp32 graph matches PyTorch on the example to %.1e", worst)
+        if quantize:
+            written[True] = temp_path(GRAPH_FILES[True])
+            quantize_int8(written[False], written[True])
+        graph_opset = next(o.version for o in onnx.load(str(written[False]), load_external_data=False).opset_import
+                           if o.domain in ("", "ai.onnx"))  # fmt: skip
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "source": source,
+            "graphs": {
+                GRAPH_FILES[q]: {"precision": "int8" if q else "fp32", "sha256": sha256(p)} for q, p in written.items()
+            },
+            "inputs": input_names(model),
+            "outputs": output_names(config),
+            "dynamic_axes": {"0": "batch", "1": "sequence"},
+            "opset": graph_opset,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "quantization": "onnxruntime.quantization.quantize_dynamic, QInt8 weights" if quantize else None,
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__,
+            },
+        }
+        manifest_tmp = temp_path(MANIFEST)
+        manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        if not quantize:
+            graph_path(model_dir, True).unlink(missing_ok=True)  # no stale int8 graph next to a new fp32 one
+        paths = []
+        for quantized, path in written.items():
+            os.replace(path, graph_path(model_dir, quantized))
+            paths.append(graph_path(model_dir, quantized))
+        os.replace(manifest_tmp, out_dir / MANIFEST)
+        paths.append(out_dir / MANIFEST)
+    finally:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+    return paths
+
+
+# ----- serving ----------------------------------------------------------------------------------------------------
+
+
+class OnnxMultiTaskModel(MultiTaskInference):
+    """A saved multi-task model's ONNX graph in ONNX Runtime (CPU), with `MultiTaskModel`'s inference surface:
+    `predict`, `encode`, `iter_batches`, `decode` (inherited from `MultiTaskInference`, so labels are decoded by the
+    same code)."""
+
+    def __init__(self, config, session):
+        self.config = config
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = output_names(config)
+        missing = sorted(set(self.output_names) - {o.name for o in session.get_outputs()})
+        if missing:
+            raise ValueError(f"the ONNX graph has no output(s) {missing} for the config's tasks {list(config.tasks)}")
+
+    @classmethod
+    def from_pretrained(cls, model_dir, quantized=False, threads=None, spinning=False):
+        """Load the fp32 (or int8) graph exported into `model_dir`. A ValueError when there is no export, or when
+        config.json or the weights changed since it was made.
+
+        `threads`: ONNX Runtime intra-op threads (default: ONNX Runtime's, one per core). `spinning`: whether idle
+        worker threads busy-wait for the next operator (ONNX Runtime's default). Off by default: where cores are
+        shared with other processes, a spinning thread takes the core that the thread it waits for needs (see the
+        README's "Serving on CPU" for the measurements)."""
+        manifest = read_manifest(model_dir)
+        if manifest is None or not has_onnx(model_dir, quantized):
+            kind = "int8" if quantized else "fp32"
+            raise ValueError(f"{model_dir}: no {kind} ONNX export; run python export_onnx.py --model {model_dir} first")
+        check_fingerprint(model_dir, manifest)
+        config = MultiTaskConfig.from_pretrained(model_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        session = ort.InferenceSession(
+            str(graph_path(model_dir, quantized)), options, providers=["CPUExecutionProvider"]
+        )
+        return cls(config, session)
+
+    def _run_batch(self, encoding):
+        feed = {}
+        for name in self.input_names:
+            value = encoding.get(name)
+            if value is None and name == "token_type_ids":  # a tokenizer that gives none: one segment, as in PyTorch
+                value = torch.zeros_like(encoding["input_ids"])
+            feed[name] = value.numpy().astype(np.int64, copy=False)
+        *logits, embeddings = self.session.run(self.output_names, feed)
+        logits = {task: torch.from_numpy(value) for task, value in zip(self.config.tasks, logits, strict=True)}
+        return logits, torch.from_numpy(embeddings)  # task -> (batch, n_labels); (batch, hidden)
+
+
+__all__ = ["OnnxMultiTaskModel", "export", "fingerprint", "graph_path", "has_onnx", "read_manifest"]

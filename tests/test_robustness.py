@@ -1,0 +1,244 @@
+"""Robustness options of train.py on a tiny random BERT: named evaluation sets (reported in the metrics, the results
+table, all_results.json and the model card), best-model selection over them, LP-FT, weight averaging (EMA, SWA) and
+WiSE-FT."""
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from helpers import REPO, TASKS, tiny_args, write_jsonl
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import set_seed
+
+import train
+import trainer_multitask
+from modeling_multitask import MultiTaskModel
+
+
+def other_source_entries(tmp_path):
+    """An 'ood' evaluation set as two single-task files (TASK=PATH entries) made from the bundled test split."""
+    rows = [json.loads(line) for line in (REPO / "data" / "test.jsonl").read_text().splitlines()[:32]]
+    return [
+        f"ood:{task}={write_jsonl(tmp_path / f'{task}_ood.jsonl', [{'text': r['text'], 'label': r[task]} for r in rows])}"
+        for task in TASKS
+    ]
+
+
+def eval_history(out):
+    """The evaluations logged during training: one dict per logged entry that holds an eval_* metric."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [h for h in history if any(k.startswith("eval_") for k in h)]
+
+
+def test_named_evaluation_sets_are_reported_everywhere(backbone_dir, tmp_path):
+    out = tmp_path / "named"
+    options = ["--max_train_samples", "32", "--num_train_epochs", "2", "--eval_file", *other_source_entries(tmp_path)]
+    metrics = train.main(tiny_args(backbone_dir, out, *options))
+    for name in ("validation", "ood"):
+        for task in TASKS:
+            for metric in ("accuracy", "f1"):
+                assert 0.0 <= metrics[f"eval_{name}_{task}_{metric}"] <= 1.0
+    assert "eval_topic_accuracy" not in metrics  # with named sets every set is named, the validation set too
+    # the selection metric: every set weighted alike (default --selection_sets: all)
+    mean = (metrics["eval_validation_mean_f1"] + metrics["eval_ood_mean_f1"]) / 2
+    assert metrics["eval_mean_f1"] == pytest.approx(mean)
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved == pytest.approx({k: v for k, v in metrics.items() if k in saved}) and "eval_ood_topic_f1" in saved
+    # during training too: each evaluation logs each set, then the selection metric that picks the best model
+    selections = [h for h in eval_history(out) if "eval_mean_f1" in h]
+    assert len(selections) == 3  # two epochs and the final evaluation
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["best_metric"] == max(h["eval_mean_f1"] for h in selections[:2])
+    card = ModelCard.load(out / "README.md")
+    results = {(r.dataset_config, r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for task in TASKS:
+        for split, prefix in (("validation", "eval_validation"), ("ood", "eval_ood"), ("test", "test")):
+            assert results[(task, split, "accuracy")] == round(metrics[f"{prefix}_{task}_accuracy"], 4)
+    text = (out / "README.md").read_text()
+    assert "| ood | topic |" in text and "| validation | sentiment |" in text and "| test | topic |" in text
+    assert "- evaluation set `ood`: `ood:topic=topic_ood.jsonl`" not in text  # the set's name is said once
+    assert "- evaluation set `ood`: `topic=topic_ood.jsonl`, `sentiment=sentiment_ood.jsonl`" in text
+    assert str(tmp_path) not in text  # no path of this machine in the card (the command names the files' names)
+    assert "--eval_file ood:topic=topic_ood.jsonl" in text
+    record = json.loads((out / "run.json").read_text())  # resume fingerprint: the files by content
+    assert [e.split("#")[0] for e in record["eval_file"]] == [
+        "ood:topic=topic_ood.jsonl",
+        "ood:sentiment=sentiment_ood.jsonl",
+    ]
+    assert not any(e.endswith("#missing") for e in record["eval_file"])
+
+
+def test_selection_sets_from_an_arguments_file(backbone_dir, tmp_path):
+    data = REPO / "data"
+    args = {
+        "backbone": backbone_dir,
+        "train_file": [str(data / "train.jsonl")],
+        "validation_file": [str(data / "validation.jsonl")],
+        "eval_file": other_source_entries(tmp_path),
+        "test_file": [],
+        "selection_sets": "ood",
+        "max_train_samples": 32,
+        "max_eval_samples": 16,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+    }
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    metrics = train.main([str(tmp_path / "args.json")])
+    assert metrics["eval_mean_f1"] == metrics["eval_ood_mean_f1"] != metrics["eval_validation_mean_f1"]
+    selections = [h for h in eval_history(tmp_path / "out") if "eval_mean_f1" in h]
+    ood = [h["eval_ood_mean_f1"] for h in eval_history(tmp_path / "out") if "eval_ood_mean_f1" in h]
+    assert [h["eval_mean_f1"] for h in selections] == ood
+
+
+def test_results_table_has_a_row_per_named_set_and_task():
+    metrics = {
+        f"{p}_{t}_{m}": 0.5 for p in ("eval_validation", "eval_ood", "test") for t in TASKS for m in ("accuracy", "f1")
+    }
+    rows = trainer_multitask.results_table(metrics, TASKS, ["validation", "ood"]).splitlines()[2:]
+    assert [r.split(" | ")[0:2] for r in rows] == [
+        ["| validation", "topic"], ["| validation", "sentiment"], ["| ood", "topic"], ["| ood", "sentiment"],
+        ["| test", "topic"], ["| test", "sentiment"],
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--eval_file", "ood"], "--eval_file ood: expected NAME:PATH or NAME:TASK=PATH"),
+        (["--eval_file", "validation:x.jsonl"], "the set 'validation' is --validation_file's"),
+        (
+            ["--selection_sets", "ood"],
+            "--selection_sets 'ood': unknown set(s) ['ood']; the evaluation sets are ['validation']",
+        ),
+        (["--linear_probe_epochs", "5"], "--linear_probe_epochs 5 leaves no epoch of --num_train_epochs 5"),
+        (["--weight_averaging", "mean"], "--weight_averaging must be none, ema or swa, got 'mean'"),
+        (["--ema_decay", "1"], "--ema_decay must be in (0, 1), got 1"),
+        (["--wise_ft_alpha", "1.5"], "--wise_ft_alpha must be in [0, 1], got 1.5"),
+    ],
+)
+def test_bad_robustness_options_are_one_line_errors_that_write_nothing(extra, message, backbone_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(train.ArgumentError) as info:
+        train.main(tiny_args(backbone_dir, out, *extra))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def initial_weights(backbone_dir):
+    set_seed(42)  # train.main seeds the same way before building the model, so this rebuilds its initial weights
+    return MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS).state_dict()
+
+
+def test_lp_ft_freezes_the_encoder_then_fine_tunes_everything(backbone_dir, tmp_path):
+    out = tmp_path / "lpft"
+    # 32 rows, batch 8: 4 steps an epoch; epoch 1 heads only, epoch 2 everything
+    options = ["--max_train_samples", "32", "--num_train_epochs", "2", "--linear_probe_epochs", "1", "--eval_strategy", "no", "--save_strategy",
+               "epoch", "--load_best_model_at_end", "false", "--keep_checkpoints", "--save_total_limit", "5"]  # fmt: skip
+    train.main(tiny_args(backbone_dir, out, *options))
+    initial = initial_weights(backbone_dir)
+    probed, final = load_file(out / "checkpoint-4" / "model.safetensors"), load_file(out / "model.safetensors")
+    encoder = [name for name in initial if name.startswith("backbone.") and name in final]
+    assert encoder and all(torch.equal(probed[name], initial[name]) for name in encoder), "encoder moved in LP"
+    assert not torch.equal(probed["heads.topic.out_proj.weight"], initial["heads.topic.out_proj.weight"])
+    moved = [name for name in encoder if not torch.equal(final[name], probed[name])]
+    assert "backbone.encoder.layer.1.attention.self.query.weight" in moved and len(moved) > len(encoder) // 2
+
+
+def test_ema_weights_are_evaluated_and_saved(backbone_dir, tmp_path):
+    out = tmp_path / "ema"
+    options = ["--max_train_samples", "32", "--num_train_epochs", "2", "--weight_averaging", "ema", "--ema_decay", "0.9", "--load_best_model_at_end",
+               "false", "--keep_checkpoints", "--save_total_limit", "5", "--test_file", str(REPO / "data" / "test.jsonl")]  # fmt: skip
+    metrics = train.main(tiny_args(backbone_dir, out, *options))
+    raw = load_file(out / "checkpoint-8" / "model.safetensors")  # checkpoints keep the raw weights (resuming)
+    averaged = load_file(out / "checkpoint-8" / trainer_multitask.AVERAGED_WEIGHTS)
+    final = load_file(out / "model.safetensors")
+    assert set(averaged) <= set(final)
+    assert all(torch.equal(final[name], averaged[name]) for name in averaged)  # the saved model is the average
+    differ = [name for name in averaged if not torch.equal(averaged[name], raw[name])]
+    assert "heads.topic.out_proj.weight" in differ and len(differ) > len(averaged) // 2
+    # the last evaluation during training (averaged weights swapped in) equals the final one of the saved model
+    last_epoch = [h for h in eval_history(out) if h.get("step") == 8 and "eval_mean_f1" in h][0]
+    assert last_epoch["eval_mean_f1"] == metrics["eval_mean_f1"]
+    # without --eval_file the validation set is reported as before: eval_<task>_*, not eval_validation_*
+    assert "eval_topic_accuracy" in metrics and not any(k.startswith("eval_validation_") for k in metrics)
+
+
+def toy_run(mode, weights, **kwargs):
+    """The average a WeightAveragingCallback keeps of a one-tensor model whose weight takes `weights` in turn (the
+    first is the initial weight, each next one the weight after a step)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    callback = trainer_multitask.WeightAveragingCallback(mode, **kwargs)
+    args = SimpleNamespace(output_dir="unused", load_best_model_at_end=False)
+    state = SimpleNamespace(global_step=0, max_steps=len(weights) - 1, best_model_checkpoint=None)
+    with torch.no_grad():
+        model.weight.fill_(weights[0])
+        callback.on_train_begin(args, state, None, model=model)
+        for w in weights[1:]:
+            model.weight.fill_(w)
+            state.global_step += 1
+            callback.on_step_end(args, state, None, model=model)
+        with callback.swapped_in(model):
+            swapped = model.weight.item()
+        assert model.weight.item() == weights[-1]  # the raw weight is back after the block
+        callback.on_train_end(args, state, None, model=model)
+    return swapped, model.weight.item()
+
+
+def test_swa_is_the_mean_of_the_weights_after_its_start():
+    swapped, final = toy_run("swa", [0.0, 1.0, 2.0, 3.0, 4.0], start=0.5)  # steps 3 and 4 of 4 are averaged
+    assert swapped == final == pytest.approx(3.5)
+
+
+def test_ema_follows_its_warmed_up_decay():
+    weights = [0.0, 1.0, 2.0, 3.0]
+    expected = weights[0]
+    for n, w in enumerate(weights[1:]):
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * w
+    swapped, final = toy_run("ema", weights, decay=0.5)
+    assert swapped == final == pytest.approx(expected) and final != weights[-1]
+
+
+def test_wise_ft_interpolates_the_encoder_only(backbone_dir):
+    model = MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS)
+    pretrained = {name: t.clone() for name, t in model.backbone.state_dict().items()}
+    with torch.no_grad():  # "fine-tuning": every weight moves
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    tuned = {name: t.clone() for name, t in model.state_dict().items()}
+
+    def interpolated(alpha):
+        model.load_state_dict(tuned)
+        trainer_multitask.wise_ft(model, pretrained, alpha)
+        return {name: t.clone() for name, t in model.state_dict().items()}
+
+    at_0, at_1 = interpolated(0.0), interpolated(1.0)
+    for name, value in tuned.items():
+        if name.startswith("backbone."):
+            assert torch.equal(at_0[name], pretrained[name.removeprefix("backbone.")])
+        else:
+            assert torch.equal(at_0[name], value)  # heads stay as trained
+        assert torch.equal(at_1[name], value)
+    half = interpolated(0.5)["backbone.encoder.layer.0.output.dense.weight"]
+    start = pretrained["encoder.layer.0.output.dense.weight"]
+    np.testing.assert_allclose(half, (start + tuned["backbone.encoder.layer.0.output.dense.weight"]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        trainer_multitask.wise_ft(model, pretrained, 1.5)
+
+
+def test_wise_ft_alpha_0_saves_the_pretrained_encoder_with_trained_heads(backbone_dir, tmp_path):
+    out = tmp_path / "wise"
+    train.main(tiny_args(backbone_dir, out, "--max_steps", "4", "--wise_ft_alpha", "0", "--save_strategy", "no",
+                         "--eval_strategy", "no"))  # fmt: skip
+    initial, final = initial_weights(backbone_dir), load_file(out / "model.safetensors")
+    assert all(torch.equal(final[name], initial[name]) for name in final if name.startswith("backbone."))
+    assert not torch.equal(final["heads.topic.out_proj.weight"], initial["heads.topic.out_proj.weight"])
+    assert json.loads((out / "training_args.json").read_text())["wise_ft_alpha"] == 0.0
+    assert os.path.isfile(out / "config.json")
