@@ -40,6 +40,11 @@ MANIFEST_VERSION = 1
 SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                    "pytorch_model.bin.index.json")  # fmt: skip
 PARITY_TOLERANCE = 1e-4  # an export whose fp32 graph differs more than this from PyTorch on its example is refused
+# Opset 23 is the first with an Attention operator: the exporter maps the encoder's scaled_dot_product_attention to
+# one node per layer instead of MatMul/Softmax/Transpose pieces, and ONNX Runtime runs it fused. Measured on MiniLM,
+# 2 cores, batch 32: fp32 +5%, int8 +12% against the exporter's default opset 20. Runtimes older than onnxruntime
+# 1.23 cannot load it; export with --opset 20 for them.
+DEFAULT_OPSET = 23
 
 
 class GraphModel(nn.Module):
@@ -154,6 +159,7 @@ def export_fp32(model, path, opset=None):
     axis is capped at the encoder's position limit). The price is the onnxscript dependency and a slower export
     (about 20 s for MiniLM on 2 cores, against 10 s).
     """
+    opset = opset or DEFAULT_OPSET
     names = input_names(model)
     graph = GraphModel(model).eval()
     batch = torch.export.Dim("batch")
@@ -205,7 +211,10 @@ def quantize_int8(fp32_path, int8_path):
 
     logging.getLogger().addFilter(not_the_advice)
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+        # Only MatMul and Gather: given its defaults, the quantiser takes opset 23's Attention for onnxruntime's own
+        # com.microsoft Attention and writes a QAttention node that cannot load. Attention has no weights here anyway.
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gather"])  # fmt: skip
     finally:
         logging.getLogger().removeFilter(not_the_advice)
 

@@ -7,10 +7,10 @@ Exports the model first if it has no current export (into MODEL/onnx/, as export
    both heads): largest probability difference, identical labels, largest embedding difference;
 2. accuracy per task of PyTorch, the fp32 and the int8 graph on the dev sets and the other-source dev sets
    ({task}_dev_ood.jsonl, when present);
-3. speed on real sentences, both tasks, the three systems alternated in one process (median of --rounds): sentences/s
+3. speed on real sentences, both tasks, the systems interleaved in one process (see `interleaved`): sentences/s
    of `predict` at batch 32 (tokenisation and decoding included) and of the forward pass alone, median latency of
-   `predict` on one sentence, file sizes; then the forward pass of both graphs under ONNX Runtime's thread settings
-   (1 or 2 intra-op threads, worker threads spinning or not);
+   `predict` on one sentence, file sizes (PyTorch also with 1 thread); then the forward pass of both graphs under
+   ONNX Runtime's thread settings (1 or 2 intra-op threads, worker threads spinning or not) against PyTorch;
 4. end to end: `predict.py --backend onnx-int8` against `--backend torch` over --e2e_sentences real sentences, a
    subprocess each (start-up, tokenisation and writing included).
 """
@@ -29,7 +29,7 @@ import torch
 from transformers import AutoTokenizer
 
 from benchmarks.common import REPO
-from benchmarks.speed import alternate, machine, real_sentences
+from benchmarks.speed import machine, real_sentences
 from modeling_multitask import MultiTaskModel
 from onnx_multitask import OnnxMultiTaskModel, export, fingerprint, graph_path, has_onnx, read_manifest
 
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="A model saved by train.py, trained on --data_dir.")
     parser.add_argument("--sentences", type=int, default=2000, help="Real sentences for the throughput runs.")
     parser.add_argument("--latency_sentences", type=int, default=200, help="Single-sentence calls per system.")
-    parser.add_argument("--settings_sentences", type=int, default=512, help="Sentences for the thread settings runs.")
+    parser.add_argument("--settings_sentences", type=int, default=1024, help="Sentences for the thread settings.")
     parser.add_argument("--e2e_sentences", type=int, default=5000, help="Lines for the predict.py runs; 0 skips them.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -128,6 +128,24 @@ def accuracy(systems, tokenizer, data_dir, batch_size):
     print(f"target (int8 drop <= 0.5 points per task on dev): {'met' if worst >= -0.5 else 'NOT met'}", flush=True)
 
 
+def interleaved(rounds, pieces, systems):
+    """{name: median over `rounds` of the seconds `systems[name]` takes over all `pieces`}. The systems take turns piece
+    by piece (their order rotating), not pass by pass: on a machine shared with other jobs, load that comes and goes
+    then falls on every system alike instead of on whichever pass it coincides with."""
+    times = {name: [] for name in systems}
+    names = list(systems)
+    for _ in range(rounds):
+        total = dict.fromkeys(names, 0.0)
+        for i, piece in enumerate(pieces):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                start = time.perf_counter()
+                systems[name](piece)
+                total[name] += time.perf_counter() - start
+        for name in names:
+            times[name].append(total[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def one_thread(fn):
     """`fn` run with one PyTorch intra-op thread: a second PyTorch baseline, since two OpenMP threads lose most when
     the machine's two cores are also busy with other work."""
@@ -146,8 +164,8 @@ def one_thread(fn):
 def speed(args, systems, tokenizer):
     texts = real_sentences(args.data_dir, args.sentences, args.seed)
     bs = args.batch_size
-    print(f"\n3. speed, {len(texts):,} real sentences (both tasks), batch {bs}, median of {args.rounds} alternated "
-          f"rounds; load average before: {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"\n3. speed, {len(texts):,} real sentences (both tasks), batch {bs}, interleaved by {8 * bs} sentences, "
+          f"median of {args.rounds} rounds; load average before: {os.getloadavg()[0]:.2f}")  # fmt: skip
     torch_model = systems["torch"]
     # name -> (predict, _run_batch); PyTorch twice: with its default threads, and with one
     calls = {name: (model.predict, model._run_batch) for name, model in systems.items()}
@@ -155,16 +173,22 @@ def speed(args, systems, tokenizer):
              one_thread(torch_model._run_batch)), **calls}  # fmt: skip
     for predict, _ in calls.values():  # warm-up: first calls allocate
         predict(texts[:bs], tokenizer, batch_size=bs)
-    full = alternate(
-        args.rounds, **{n: (lambda p=p: p(texts, tokenizer, batch_size=bs)) for n, (p, _) in calls.items()}
-    )
+    chunks = [texts[i : i + 8 * bs] for i in range(0, len(texts), 8 * bs)]  # predict sorts each chunk by length
+    predicts = {name: (lambda chunk, p=p: p(chunk, tokenizer, batch_size=bs)) for name, (p, _) in calls.items()}
 
-    # the same length-sorted batches as predict, tokenised once: the forward pass alone, and tokenisation alone
-    order = sorted(texts, key=len, reverse=True)
-    encodings = [torch_model.tokenize(order[i : i + bs], tokenizer) for i in range(0, len(order), bs)]
-    forward = alternate(args.rounds, **{n: (lambda r=r: [r(e) for e in encodings]) for n, (_, r) in calls.items()})
-    tokenise = alternate(args.rounds, tokenise=lambda: [torch_model.tokenize(order[i : i + bs], tokenizer)
-                                                         for i in range(0, len(order), bs)])["tokenise"]  # fmt: skip
+    def tokenise_only(chunk):
+        chunk = sorted(chunk, key=len, reverse=True)
+        return [torch_model.tokenize(chunk[i : i + bs], tokenizer) for i in range(0, len(chunk), bs)]
+
+    predicts["tokenisation"] = tokenise_only
+    full = interleaved(args.rounds, chunks, predicts)
+    tokenise = full.pop("tokenisation")
+
+    # the same length-sorted batches as predict, tokenised once: the forward pass alone
+    encodings = [tokenise_only(chunk) for chunk in chunks]
+    forward = interleaved(
+        args.rounds, encodings, {n: (lambda es, r=r: [r(e) for e in es]) for n, (_, r) in calls.items()}
+    )
 
     latency = {name: [] for name in calls}
     for text in texts[: args.latency_sentences]:
@@ -199,26 +223,32 @@ def speed(args, systems, tokenizer):
     sys.stdout.flush()
 
 
-def thread_settings(args, tokenizer):
-    """Forward-pass throughput of both graphs for each ONNX Runtime thread setting, alternated."""
+def thread_settings(args, systems, tokenizer):
+    """Forward-pass throughput of both graphs for each ONNX Runtime thread setting, and of PyTorch with 2 and 1
+    threads as the reference, interleaved by 8 batches (a spinning session keeps spinning for a moment after its run,
+    which would slow whichever system runs next if they took turns batch by batch)."""
     texts = sorted(real_sentences(args.data_dir, args.settings_sentences, args.seed), key=len, reverse=True)
     bs = args.batch_size
-    systems = {}
+    torch_model = systems["torch"]
+    runs = {("torch", 2, None): torch_model._run_batch, ("torch", 1, None): one_thread(torch_model._run_batch)}
     for quantized in (False, True):
         for threads in (1, 2):
             for spinning in (False, True):
                 model = OnnxMultiTaskModel.from_pretrained(args.model, quantized, threads=threads, spinning=spinning)
-                systems[("int8" if quantized else "fp32", threads, spinning)] = model
-    encodings = [model.tokenize(texts[i : i + bs], tokenizer) for i in range(0, len(texts), bs)]
-    runs = {str(key): (lambda m=m: [m._run_batch(e) for e in encodings]) for key, m in systems.items()}
+                runs[("onnx-int8" if quantized else "onnx", threads, spinning)] = model._run_batch
+    encodings = [torch_model.tokenize(texts[i : i + bs], tokenizer) for i in range(0, len(texts), bs)]
     for run in runs.values():
-        run()  # warm-up
-    times = alternate(args.rounds, **runs)
-    print(f"\nONNX Runtime thread settings, forward pass only, {len(texts):,} real sentences, batch {bs} "
-          f"(load average {os.getloadavg()[0]:.2f}):")  # fmt: skip
-    print("| graph | intra-op threads | spinning | sentences/s |\n| --- | ---: | --- | ---: |")
-    for key in systems:
-        print(f"| {key[0]} | {key[1]} | {'on' if key[2] else 'off'} | {len(texts) / times[str(key)]:,.1f} |")
+        run(encodings[0])  # warm-up
+    pieces = [encodings[i : i + 8] for i in range(0, len(encodings), 8)]
+    times = interleaved(args.rounds, pieces, {key: (lambda es, r=r: [r(e) for e in es]) for key, r in runs.items()})
+    print(f"\nthread settings, forward pass only, {len(texts):,} real sentences, batch {bs}, interleaved by "
+          f"{8 * bs} sentences (load average {os.getloadavg()[0]:.2f}):")  # fmt: skip
+    print("| system | intra-op threads | ONNX Runtime spinning | sentences/s | x torch (2 threads) |")
+    print("| --- | ---: | --- | ---: | ---: |")
+    for (name, threads, spinning), seconds in times.items():
+        spin = "-" if spinning is None else "on" if spinning else "off"
+        ratio = times[("torch", 2, None)] / seconds
+        print(f"| {name} | {threads} | {spin} | {len(texts) / seconds:,.1f} | {ratio:.2f} |")
     sys.stdout.flush()
 
 
@@ -259,7 +289,7 @@ def main(argv=None):
     parity(systems, tokenizer, args.data_dir, args.batch_size)
     accuracy(systems, tokenizer, args.data_dir, args.batch_size)
     speed(args, systems, tokenizer)
-    thread_settings(args, tokenizer)
+    thread_settings(args, systems, tokenizer)
     if args.e2e_sentences:
         end_to_end(args)
 
