@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnxruntime
 import torch
 from transformers import AutoTokenizer
 
@@ -32,8 +33,6 @@ from benchmarks.common import REPO
 from benchmarks.speed import machine, real_sentences
 from modeling_multitask import MultiTaskModel
 from onnx_multitask import OnnxMultiTaskModel, export, fingerprint, graph_path, has_onnx, read_manifest
-
-SYSTEMS = ("torch", "onnx", "onnx-int8")
 
 
 def parse_args(argv=None):
@@ -279,8 +278,6 @@ def end_to_end(args):
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    import onnxruntime
-
     systems = load_systems(args.model, args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model, config=systems["torch"].config)
     threads = systems["onnx"].session.get_session_options().intra_op_num_threads

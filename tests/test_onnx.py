@@ -175,6 +175,16 @@ def test_failed_export_leaves_the_previous_one(bert, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in (directory / "onnx").iterdir()} == before
 
 
+def test_fp32_only_export_removes_the_stale_int8_graph(bert, tmp_path):
+    _, source = bert
+    directory = shutil.copytree(source, tmp_path / "model")
+    assert [p.name for p in export(directory, quantize=False)] == ["model.onnx", "export.json"]
+    assert has_onnx(directory) and not has_onnx(directory, quantized=True)
+    assert not onnx_multitask.graph_path(directory, quantized=True).exists()
+    with pytest.raises(ValueError, match=r"no int8 ONNX export; run python export_onnx.py --model .* first"):
+        OnnxMultiTaskModel.from_pretrained(directory, quantized=True)
+
+
 def run_predict(directory, source, output, *options):
     return predict.main(["--model", str(directory), "--input", str(source), "--output", str(output), *options])
 
