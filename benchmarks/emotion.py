@@ -22,6 +22,11 @@ dev set at the end, as it always does.
 --max_train_samples / --max_eval_samples cap each task's files (the same capped rows for every system, written to
 OUTPUT_DIR/data) and --epochs shortens runs, for smoke runs. CUDA is used when available. Writes results.json (every
 figure and every run's metrics) and results.md to --output_dir and prints the table.
+
+Each finished system is kept in OUTPUT_DIR/systems/KEY.json (with its model folder) and read back when the benchmark
+is run again with the same settings, so a run that was stopped continues with the systems it had not finished.
+--parallel N runs up to N systems at once (each its own train.py process: (a), (b), (c) together, then (d) and (e),
+which start from (a)); for a GPU with room for several small models. Wall times are then contended.
 """
 
 import argparse
@@ -31,6 +36,7 @@ import platform
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +79,11 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    parser.add_argument("--parallel", type=int, default=1, help="Systems trained at once (train.py processes).")
+    args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    return args
 
 
 def data_files(args, out):
@@ -137,6 +147,27 @@ def run(name, train_options, freezing):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"system": name, "metrics": metrics, "wall": wall, "train_runtime": metrics["train_runtime"],
             "trainable_parameters": trainable, "output_dir": train_options["output_dir"]}  # fmt: skip
+
+
+def system(out, key, name, trains, train_options, freezing, files, seed, start=None):
+    """One system's row: stored in OUTPUT_DIR/systems/KEY.json by an earlier run with the same options (and its
+    model still there, and finished after `start`, the row of the model it continues), or trained now and stored."""
+    path = out / "systems" / f"{key}.json"
+    if path.is_file() and (Path(train_options["output_dir"]) / "config.json").is_file():
+        row = json.loads(path.read_text(encoding="utf-8"))
+        if row["train_options"] == train_options and (start is None or row["finished"] > start["finished"]):
+            logger.info("%s: stored result (%s)", name, path)
+            return row
+    row = {**run(name, train_options, freezing), "trains": trains, "train_options": train_options}
+    if "emotion" in trains:
+        logits, labels = emotion_dev(train_options["output_dir"], files["emotion", "dev"])
+        row["thresholds"] = threshold_figures(logits, labels, seed)
+    row["finished"] = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return row
 
 
 def emotion_dev(model_dir, dev_file):
@@ -261,12 +292,12 @@ def main(argv=None):
         ("e", "(e) add emotion to (a), encoder unfrozen", "encoder, emotion head",
          options(args, files, out / "e-add-unfrozen", emotion, three, **added), {"heads": two}),
     ]  # fmt: skip
-    rows = {}
-    for key, name, trains, train_options, freezing in systems:  # in order: (d) and (e) start from (a)
-        rows[key] = {**run(name, train_options, freezing), "trains": trains}
-        if "emotion" in trains:
-            logits, labels = emotion_dev(train_options["output_dir"], files["emotion", "dev"])
-            rows[key]["thresholds"] = threshold_figures(logits, labels, args.seed)
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d) and (e) start from (a): submitted after it
+        futures = {}
+        for key, name, trains, train_options, freezing in systems:
+            start = futures["a"].result() if key in ("d", "e") else None
+            futures[key] = pool.submit(system, out, key, name, trains, train_options, freezing, files, args.seed, start)
+        rows = {key: future.result() for key, future in futures.items()}
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "CPU")
     capped = args.max_train_samples is not None or args.max_eval_samples is not None
@@ -274,6 +305,7 @@ def main(argv=None):
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}; encoder {args.backbone}, "
         f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), batch "
         f"{args.batch_size}, seed {args.seed}"
+        + (f"; {args.parallel} systems at a time (contended wall times)" if args.parallel > 1 else "")
         + (f"; SMOKE RUN, capped at {args.max_train_samples} train / {args.max_eval_samples} dev rows per task" if capped else "")
         + f".\nCommand: python -m benchmarks.emotion {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     )  # fmt: skip

@@ -11,6 +11,12 @@ batch 32). Every run reports four dev columns: topic and sentiment x in-distribu
 default for every run (each epoch, by the mean of the two sets' mean F1), so all runs are chosen alike; the
 selection sees the other-source dev sets, which makes every figure a little optimistic, the same for all.
 
+With --wise_ft_sweep ALPHA ..., the selected model of every run of --wise_ft_sweep_methods (default: baseline,
+gentle) is also evaluated with its encoder interpolated towards the pretrained one (WiSE-FT) at each ALPHA, after
+training: what `--wise_ft_alpha ALPHA` gives (train.py interpolates the selected model at the end, before its final
+evaluation), without one training per alpha. Those rows are named METHOD+wise_ft_ALPHA; alpha 1 is evaluated too,
+and the largest difference from train.py's own figures is logged, as a check that the evaluation here is train.py's.
+
 Prints a line per run and then the table (accuracy, mean ± half the range over seeds) and writes results.md and
 results.json (every run's figures, F1 too) to --output_dir. Each finished run is kept in OUTPUT_DIR/runs/NAME.json
 and read back when the benchmark is run again with the same settings, so an interrupted benchmark continues where
@@ -28,10 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from benchmarks.common import run_train
 from configuration_multitask import DEFAULT_TASKS
-from trainer_multitask import BUNDLED
+from modeling_multitask import MultiTaskModel
+from multitask_data import load_split
+from trainer_multitask import BUNDLED, TaskMetric, resolve_backbone, wise_ft
 
 logger = logging.getLogger("benchmarks.robustness")
 
@@ -80,9 +89,28 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task and set; for smoke runs.")
     parser.add_argument("--keep_models", action="store_true", help="Keep every run's model in OUTPUT_DIR/models.")
+    parser.add_argument(
+        "--wise_ft_sweep",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="ALPHA",
+        help="Also evaluate the models of --wise_ft_sweep_methods with WiSE-FT at these alphas (rows METHOD+wise_ft_ALPHA).",
+    )
+    parser.add_argument(
+        "--wise_ft_sweep_methods",
+        nargs="+",
+        default=["baseline", "gentle"],
+        choices=[m for m, options in METHODS.items() if "wise_ft_alpha" not in options],
+        metavar="METHOD",
+        help="The multi-task methods whose models --wise_ft_sweep evaluates (default: baseline gentle).",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    for alpha in args.wise_ft_sweep:
+        if not 0.0 <= alpha < 1.0:
+            parser.error(f"--wise_ft_sweep: every alpha must be in [0, 1), got {alpha:g}")
     return args
 
 
@@ -113,15 +141,79 @@ def run_options(args, options, tasks, seed, output_dir):
     }
 
 
+def dev_figures(model, tokenizer, sets):
+    """`{task: {set: [accuracy, macro-F1]}}` of `model` on `sets` (`{set: loaded split}`), each task on its rows."""
+    figures = {}
+    for name, split in sets.items():
+        logits = {
+            task: np.zeros((len(split), len(labels)), dtype=np.float32) for task, labels in model.config.tasks.items()
+        }
+        with torch.inference_mode():
+            for idx, batch_logits, _ in model.iter_batches(split["text"], tokenizer, batch_size=128):
+                for task in logits:
+                    logits[task][idx] = batch_logits[task].float().numpy()
+        for task in logits:
+            labels = np.asarray(split[f"labels_{task}"])
+            keep = labels != -100
+            result = TaskMetric(keep_in_memory=True).compute(
+                predictions=logits[task][keep].argmax(-1), references=labels[keep]
+            )
+            figures.setdefault(task, {})[name] = [result["accuracy"], result["f1"]]
+    return figures
+
+
+def sweep_wise_ft(args, record, alphas):
+    """Evaluate the run's saved model with WiSE-FT at each of `alphas` (and 1, the model as saved) into
+    `record["wise_ft_sweep"]` (`{"ALPHA": dev figures}`); returns the alphas it evaluated."""
+    settings = record["settings"]
+    sweep = record.setdefault("wise_ft_sweep", {})
+    missing = [a for a in [1.0, *alphas] if f"{a:g}" not in sweep]
+    if not missing:
+        return []
+    model_dir = Path(settings["output_dir"])
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(
+            f"error: {model_dir}: the model of this run is gone, so its WiSE-FT sweep ({', '.join(map(str, missing))}) "
+            "cannot be evaluated; delete its record in OUTPUT_DIR/runs to train it again"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MultiTaskModel.from_pretrained(model_dir).to(device).eval()
+    # config= keeps AutoTokenizer from reading the multi-task config.json (remote code) just to find the class
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config.backbone_config)
+    # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler)
+    initial = AutoModel.from_pretrained(resolve_backbone(settings["backbone"])).state_dict()
+    fine_tuned = {name: t.detach().clone() for name, t in model.backbone.state_dict().items()}
+    tasks = {task: labels for task, labels in DEFAULT_TASKS.items() if task in model.config.tasks}
+    sets = {"validation": settings["validation_file"], "ood": [e.split(":", 1)[1] for e in settings["eval_file"]]}
+    sets = {name: load_split(entries, tasks, settings["max_eval_samples"]) for name, entries in sets.items()}
+    for alpha in missing:
+        model.backbone.load_state_dict(fine_tuned)
+        wise_ft(model, initial, alpha)
+        sweep[f"{alpha:g}"] = dev_figures(model, tokenizer, sets)
+    if 1.0 in missing:  # the model as train.py evaluated it: the same figures, up to batching noise
+        record["sweep_check"] = max(
+            abs(sweep["1"][task][s][0] - record["dev"][task][s][0]) for task in record["dev"] for s in SETS
+        )
+        logger.info("%s: alpha 1 vs train.py's own evaluation, largest accuracy difference %.4f", model_dir.name,
+                    record["sweep_check"])  # fmt: skip
+    return missing
+
+
 def train_and_evaluate(args, name, options, tasks, seed):
-    """One train.py run (or its stored result): `{"dev": {task: {set: [acc, f1]}}, "wall", ...}`."""
+    """One train.py run (or its stored result): `{"dev": {task: {set: [acc, f1]}}, "wall", ...}`; with
+    --wise_ft_sweep, a multi-task run also gets its `"wise_ft_sweep"` figures (see `sweep_wise_ft`)."""
     out = Path(args.output_dir)
     run_name = f"{name}-{'+'.join(tasks)}-seed{seed}"
     record_path = out / "runs" / f"{run_name}.json"
     settings = run_options(args, options, tasks, seed, out / "models" / run_name)
+    sweep = args.wise_ft_sweep if name in args.wise_ft_sweep_methods else []
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record["settings"] == settings:
+            if sweep and sweep_wise_ft(args, record, sweep):
+                record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+            if sweep and not args.keep_models:
+                shutil.rmtree(settings["output_dir"], ignore_errors=True)
             return record, True
     start = time.perf_counter()
     metrics = run_train(settings)
@@ -138,6 +230,8 @@ def train_and_evaluate(args, name, options, tasks, seed):
         "train_samples_per_second": metrics["train_samples_per_second"],
         "train_examples": round(metrics["train_samples_per_second"] * metrics["train_runtime"]),
     }
+    if sweep:
+        sweep_wise_ft(args, record, sweep)
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
     if not args.keep_models:
@@ -163,9 +257,10 @@ def mean_spread(values):
     return float(np.mean(values)), float((max(values) - min(values)) / 2)
 
 
-def summarise(method, records):
+def summarise(method, records, options=None):
     """One row: per column the accuracies and F1 over seeds (a single-task recipe's columns come from its two models)."""
-    row = {"method": method, "options": METHODS.get(method, SINGLE_TASK.get(method)), "columns": {}}
+    options = options if options is not None else METHODS.get(method, SINGLE_TASK.get(method))
+    row = {"method": method, "options": options, "columns": {}}
     for task, name in COLUMNS:
         accs = [r["dev"][task][name][0] for r in records if task in r["dev"]]
         f1s = [r["dev"][task][name][1] for r in records if task in r["dev"]]
@@ -234,7 +329,12 @@ def main(argv=None):
             " (stored result)" if stored else "",
         )  # fmt: skip
 
-    rows = [summarise(method, records[method]) for method in args.methods]
+    rows = []
+    for method in args.methods:
+        rows.append(summarise(method, records[method]))
+        for alpha in args.wise_ft_sweep if method in args.wise_ft_sweep_methods else []:
+            swept = [{**r, "dev": r["wise_ft_sweep"][f"{alpha:g}"]} for r in records[method]]
+            rows.append(summarise(f"{method}+wise_ft_{alpha:g}", swept, {**METHODS[method], "wise_ft_alpha": alpha}))
     table = markdown(rows)
     machine = f"{device}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
     header = (

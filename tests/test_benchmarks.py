@@ -70,20 +70,35 @@ def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     data = tiny_data_dir(tmp_path / "data")
     out = tmp_path / "out"
     args = ["benchmarks.robustness", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
-            "--epochs", "1", "--seeds", "1", "--methods", "wise_ft_0.5", "single_A", "--max_train_samples", "16"]  # fmt: skip
+            "--epochs", "1", "--seeds", "1", "--methods", "baseline", "wise_ft_0.5", "single_A",
+            "--max_train_samples", "16", "--wise_ft_sweep", "0.5"]  # fmt: skip
     stdout = run(args)
     assert "| wise_ft_0.5 | `--wise_ft_alpha 0.5` |" in stdout and "| single_A |" in stdout, stdout
+    assert "| baseline+wise_ft_0.5 | `--wise_ft_alpha 0.5` |" in stdout, stdout  # the sweep's row
     assert "topic other-source dev" in stdout
     results = json.loads((out / "results.json").read_text())
-    wise = results["rows"][0]["columns"]
-    assert set(wise) == {"topic/validation", "topic/ood", "sentiment/validation", "sentiment/ood"}
+    rows = {row["method"]: row["columns"] for row in results["rows"]}
+    assert list(rows) == ["baseline", "baseline+wise_ft_0.5", "wise_ft_0.5", "single_A"]  # no sweep of a WiSE-FT run
+    assert set(rows["wise_ft_0.5"]) == {"topic/validation", "topic/ood", "sentiment/validation", "sentiment/ood"}
+    # evaluated after training = trained with --wise_ft_alpha (same seed, same selected model), up to batching noise
+    # of one of the 24 dev rows; alpha 1 is train.py's own evaluation of the saved model
+    one_row = 1 / 24 + 1e-9
+    for column, figures in rows["wise_ft_0.5"].items():
+        assert abs(rows["baseline+wise_ft_0.5"][column]["accuracy"][0] - figures["accuracy"][0]) <= one_row, column
+    baseline = results["runs"]["baseline"][0]
+    assert baseline["sweep_check"] <= one_row and set(baseline["wise_ft_sweep"]) == {"0.5", "1"}
+    assert "wise_ft_sweep" not in results["runs"]["wise_ft_0.5"][0]
     assert results["runs"]["wise_ft_0.5"][0]["train_examples"] == 32  # 16 per task, both tasks in one model
     assert [r["train_examples"] for r in results["runs"]["single_A"]] == [16, 16]  # one model per task
     assert (out / "results.md").is_file() and not list((out / "models").glob("*"))  # models deleted after evaluation
     # run again: every run is read back, none trained again
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert result.returncode == 0 and result.stderr.count("(stored result)") == 3, result.stderr[-3000:]
+    assert result.returncode == 0 and result.stderr.count("(stored result)") == 4, result.stderr[-3000:]
+    # a sweep alpha not evaluated yet needs the model, which is gone: one line saying so, nothing trained
+    result = subprocess.run([sys.executable, "-m", *args[:-1], "0.8"], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 1 and "the model of this run is gone" in result.stderr, result.stderr[-3000:]
 
 
 def test_emotion_benchmark_runs(backbone_dir, tmp_path):
@@ -97,8 +112,9 @@ def test_emotion_benchmark_runs(backbone_dir, tmp_path):
                  for i, (r, tags) in enumerate(zip(part, labels, strict=True))]  # fmt: skip
         (data / f"emotion_{split}.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    stdout = run(["benchmarks.emotion", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
-                  "--epochs", "1", "--max_train_samples", "24", "--max_eval_samples", "24"])  # fmt: skip
+    args = ["benchmarks.emotion", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
+            "--epochs", "1", "--max_train_samples", "24", "--max_eval_samples", "24", "--parallel", "2"]  # fmt: skip
+    stdout = run(args)
     for marker in ("| (c) topic + sentiment + emotion |", "| (d) add emotion to (a), encoder frozen |", "Anchor"):
         assert marker in stdout, stdout
     results = json.loads((out / "results.json").read_text())
@@ -108,3 +124,13 @@ def test_emotion_benchmark_runs(backbone_dir, tmp_path):
     assert d["trainable_parameters"] == 32 * 28 + 28  # the emotion head alone: hidden 32 x 28 labels + biases
     assert (out / "results.md").read_text().count("SMOKE RUN") == 1
     assert (out / "c-three-task" / "per_label_results.json").is_file()
+    # run again: every system is read back (none trained again) and gives the same table; a changed (a) (another
+    # learning rate) is trained again, and so are (d) and (e), which continue from it
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0 and result.stderr.count("stored result") == 5, result.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
+    (out / "systems" / "a.json").write_text((out / "systems" / "a.json").read_text().replace('"learning_rate"', '"x"'))
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0 and result.stderr.count("stored result") == 2, result.stderr[-3000:]
