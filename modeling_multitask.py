@@ -99,15 +99,20 @@ def task_loss(logits, labels, multi_label=False):
     """One task's loss over its labelled examples; -100 marks "no label".
 
     Single-label: `labels` (batch,) label ids, mean cross-entropy over the rows that have one. Multi-label: `labels`
-    (batch, n_labels) of 0/1 (a row of -100 where the example has no label for the task), mean binary cross-entropy
-    over the labelled (row, label) pairs. With no labelled example the loss is exactly 0 (abs turns -0.0 into 0.0) but
-    still connected to the head, so DDP sees every parameter used (its gradient is 0).
+    (batch, n_labels) of 0/1 (a row of -100 where the example has no label for the task): binary cross-entropy summed
+    over the example's labelled labels, averaged over the labelled examples. Summed, not averaged over the labels:
+    then a labelled example weighs about as much as one of a single-label task (whose cross-entropy also sums over its
+    labels' probabilities), whatever the number of labels; averaged over 28 labels, an emotion task's gradient was so
+    small beside topic and sentiment that the shared encoder ignored it (docs/design.md, "Multi-label heads"). With no
+    labelled example the loss is exactly 0 (abs turns -0.0 into 0.0) but still connected to the head, so DDP sees
+    every parameter used (its gradient is 0).
     """
     if multi_label:
         labels = labels.to(logits.device).view(logits.shape)  # (batch, n_labels)
         keep = labels != IGNORE_INDEX  # (batch, n_labels)
         if keep.any():
-            return F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float())
+            pairs = F.binary_cross_entropy_with_logits(logits[keep].float(), labels[keep].float(), reduction="sum")
+            return pairs / keep.any(dim=1).sum()  # per labelled example
     else:
         labels = labels.to(logits.device).view(-1)  # (batch,)
         if (labels != IGNORE_INDEX).any():

@@ -122,10 +122,13 @@ def test_multi_label_loss_by_hand():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0], [1.0, 1.0, 1.0]], requires_grad=True)
     labels = torch.tensor([[1.0, 0.0, 1.0], [-100.0, -100.0, -100.0], [0.0, 0.0, 0.0]])  # row 2: "none of these"
     kept = [(0, 0, 1), (0, 1, 0), (0, 2, 1), (2, 0, 0), (2, 1, 0), (2, 2, 0)]  # (row, label, target)
-    by_hand = sum(
-        -(t * torch.log(torch.sigmoid(logits[r, j])) + (1 - t) * torch.log(1 - torch.sigmoid(logits[r, j])))
-        for r, j, t in kept
-    ) / len(kept)
+    by_hand = (
+        sum(
+            -(t * torch.log(torch.sigmoid(logits[r, j])) + (1 - t) * torch.log(1 - torch.sigmoid(logits[r, j])))
+            for r, j, t in kept
+        )
+        / 2
+    )  # summed over the labels, averaged over the 2 labelled rows (row 1 has no label)
     assert torch.allclose(task_loss(logits, labels, multi_label=True), by_hand)
 
 
@@ -144,7 +147,7 @@ def test_forward_mixes_both_kinds(bert_config):
     ids = torch.tensor([[2, 10, 11, 3], [2, 12, 3, 0]])
     tags = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     out = model(input_ids=ids, attention_mask=(ids > 0).long(), labels_topic=torch.tensor([0, -100]), labels_tags=tags)
-    expected_tags = torch.nn.functional.binary_cross_entropy_with_logits(out.logits["tags"], tags)
+    expected_tags = torch.nn.functional.binary_cross_entropy_with_logits(out.logits["tags"], tags, reduction="sum") / 2
     expected_topic = torch.nn.functional.cross_entropy(out.logits["topic"][:1], torch.tensor([0]))
     assert torch.allclose(out.task_losses["tags"], expected_tags)
     assert torch.allclose(out.loss, expected_tags + expected_topic)
