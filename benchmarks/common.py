@@ -6,6 +6,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from modeling_multitask import MultiTaskModel
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -22,3 +28,23 @@ def run_train(options):
             f"train.py {json.dumps(options)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
         )
     return json.loads((Path(options["output_dir"]) / "all_results.json").read_text(encoding="utf-8"))
+
+
+def load_saved_model(model_dir):
+    """A train.py output folder as `(model, tokenizer)`: the model on CUDA when available, in eval mode."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MultiTaskModel.from_pretrained(model_dir).to(device).eval()
+    # config= keeps AutoTokenizer from reading the multi-task config.json (remote code) just to find the class
+    return model, AutoTokenizer.from_pretrained(model_dir, config=model.config.backbone_config)
+
+
+def task_logits(model, tokenizer, texts, batch_size=128):
+    """`{task: (len(texts), n_labels) float32 array}`: every task's logits, rows in the order of `texts`."""
+    logits = {
+        task: np.zeros((len(texts), len(labels)), dtype=np.float32) for task, labels in model.config.tasks.items()
+    }
+    with torch.inference_mode():
+        for idx, batch_logits, _ in model.iter_batches(texts, tokenizer, batch_size=batch_size):
+            for task in logits:
+                logits[task][idx] = batch_logits[task].float().cpu().numpy()
+    return logits

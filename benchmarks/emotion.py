@@ -41,9 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
-from benchmarks.common import run_train
+from benchmarks.common import load_saved_model, run_train, task_logits
 from configuration_multitask import DEFAULT_TASKS
 from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
@@ -172,14 +171,9 @@ def system(out, key, name, trains, train_options, freezing, files, seed, start=N
 
 def emotion_dev(model_dir, dev_file):
     """(logits, labels) of the emotion dev set under the saved model: `(n, 28)` each."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = MultiTaskModel.from_pretrained(model_dir).to(device).eval()
-    # config= keeps AutoTokenizer from reading the multi-task config.json (remote code) just to find the class
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config.backbone_config)
+    model, tokenizer = load_saved_model(model_dir)
     dev = load_split([f"emotion={dev_file}"], {"emotion": EMOTIONS}, multi_label=["emotion"])
-    logits = np.zeros((len(dev), len(EMOTIONS)), dtype=np.float32)
-    for idx, batch_logits, _ in model.iter_batches(dev["text"], tokenizer, batch_size=256):
-        logits[idx] = batch_logits["emotion"].numpy()
+    logits = task_logits(model, tokenizer, dev["text"], batch_size=256)["emotion"]
     return logits, np.array(dev["labels_emotion"], dtype=np.float32)
 
 

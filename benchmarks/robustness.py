@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
-from benchmarks.common import run_train
+from benchmarks.common import load_saved_model, run_train, task_logits
 from configuration_multitask import DEFAULT_TASKS
-from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
 from trainer_multitask import BUNDLED, TaskMetric, resolve_backbone, wise_ft
 
@@ -145,13 +144,7 @@ def dev_figures(model, tokenizer, sets):
     """`{task: {set: [accuracy, macro-F1]}}` of `model` on `sets` (`{set: loaded split}`), each task on its rows."""
     figures = {}
     for name, split in sets.items():
-        logits = {
-            task: np.zeros((len(split), len(labels)), dtype=np.float32) for task, labels in model.config.tasks.items()
-        }
-        with torch.inference_mode():
-            for idx, batch_logits, _ in model.iter_batches(split["text"], tokenizer, batch_size=128):
-                for task in logits:
-                    logits[task][idx] = batch_logits[task].float().numpy()
+        logits = task_logits(model, tokenizer, split["text"])
         for task in logits:
             labels = np.asarray(split[f"labels_{task}"])
             keep = labels != -100
@@ -176,10 +169,7 @@ def sweep_wise_ft(args, record, alphas):
             f"error: {model_dir}: the model of this run is gone, so its WiSE-FT sweep ({', '.join(map(str, missing))}) "
             "cannot be evaluated; delete its record in OUTPUT_DIR/runs to train it again"
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = MultiTaskModel.from_pretrained(model_dir).to(device).eval()
-    # config= keeps AutoTokenizer from reading the multi-task config.json (remote code) just to find the class
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config.backbone_config)
+    model, tokenizer = load_saved_model(model_dir)
     # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler)
     initial = AutoModel.from_pretrained(resolve_backbone(settings["backbone"])).state_dict()
     fine_tuned = {name: t.detach().clone() for name, t in model.backbone.state_dict().items()}
