@@ -212,14 +212,74 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.generator.manual_seed(self.seed + epoch)
 
 
+def task_groups(dataset, tasks):
+    """Per row of a training set, the tuple of the tasks it has a label for (`labels_<task>` not -100, or for a
+    multi-label task not a row of -100): rows of a TASK=PATH file have one task, rows of a multi-column file may
+    have several."""
+    labelled = []
+    for task in tasks:
+        labels = np.asarray(dataset[f"labels_{task}"])
+        labelled.append(labels != IGNORE_INDEX if labels.ndim == 1 else labelled_rows(labels))
+    return [tuple(task for task, has in zip(tasks, row, strict=True) if has) for row in zip(*labelled, strict=True)]
+
+
+class TaskGroupedSampler(torch.utils.data.Sampler):
+    """Training order in which every batch holds rows of one task group (`task_groups`): each group's rows are
+    shuffled and cut into batches of `batch_size` (length-grouped within the group when `lengths` is given, as
+    `LengthGroupedSampler` does: sorted within mega-batches of 50 batches), the full batches of all groups are shuffled
+    together, and the groups' last, partial batches come at the end (so at most `groups - 1` batches an epoch mix
+    groups). Every row comes once an epoch; the order depends only on (seed, epoch), like
+    `EpochSeededLengthGroupedSampler`, so a resumed run sees the batches the interrupted one would have."""
+
+    def __init__(self, batch_size, groups, lengths=None, seed=0):
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.seed = seed
+        members = {}
+        for i, group in enumerate(groups):
+            members.setdefault(group, []).append(i)
+        self.members = [np.asarray(rows) for rows in members.values()]
+        self.n = len(groups)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def batches(self):
+        """The epoch's batches, as lists of row indices."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        full, partial = [], []
+        for rows in self.members:
+            rows = rows[rng.permutation(len(rows))]
+            if self.lengths is not None:
+                mega = 50 * self.batch_size
+                rows = np.concatenate(
+                    [sorted(rows[i : i + mega], key=lambda r: -self.lengths[r]) for i in range(0, len(rows), mega)]
+                )
+            for i in range(0, len(rows), self.batch_size):
+                batch = rows[i : i + self.batch_size].tolist()
+                (full if len(batch) == self.batch_size else partial).append(batch)
+        return [full[i] for i in rng.permutation(len(full))] + partial
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
+
+
 class MultiTaskTrainer(Trainer):
     """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
     builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay. Over named
     evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`); with a
     `WeightAveragingCallback` it evaluates the averaged weights."""
 
-    def __init__(self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, selection_sets=None, **kwargs):
+    def __init__(
+        self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, selection_sets=None, batch_by_task=False, **kwargs
+    ):
         super().__init__(*args, **kwargs)
+        self.batch_by_task = batch_by_task  # every training batch from one task (TaskGroupedSampler)
         self.head_learning_rate = head_learning_rate
         self.layerwise_lr_decay = layerwise_lr_decay
         self.selection_sets = selection_sets  # names of the evaluation sets best-model selection averages; None: all
@@ -230,13 +290,17 @@ class MultiTaskTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or not has_length(train_dataset):
+        by_length = self.args.train_sampling_strategy == "group_by_length"
+        if not (by_length or self.batch_by_task) or not has_length(train_dataset):
             return super()._get_train_sampler(train_dataset)
+        batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        input_name = self.processing_class.model_input_names[0] if self.processing_class else "input_ids"
+        if self.batch_by_task:
+            lengths = [len(ids) for ids in train_dataset[input_name]] if by_length else None
+            return TaskGroupedSampler(batch_size, task_groups(train_dataset, self.tasks), lengths, seed=seed)
         return EpochSeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            dataset=train_dataset,
-            model_input_name=self.processing_class.model_input_names[0] if self.processing_class else None,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            batch_size, dataset=train_dataset, model_input_name=input_name, seed=seed
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

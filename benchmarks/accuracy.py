@@ -38,13 +38,20 @@ from transformers import (
     set_seed,
 )
 
-from benchmarks.common import run_train
+from benchmarks.common import add_subset_arguments, run_train, train_options_json
 from configuration_multitask import DEFAULT_TASKS
 from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
 from trainer_multitask import BUNDLED, TaskMetric, make_compute_metrics, resolve_backbone
 
 logger = logging.getLogger("benchmarks.accuracy")
+
+
+SYSTEMS = {  # --systems name: row title
+    "multitask": "(a) multi-task (ours)",
+    "single": "(b) one model per task",
+    "logreg": "(c) logistic regression, frozen embeddings",
+}
 
 
 def parse_args(argv=None):
@@ -59,7 +66,17 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    add_subset_arguments(
+        parser,
+        SYSTEMS,
+        "The systems to run, of multitask single logreg (default all).",
+        "--multitask_options",
+        "train.py options for every multi-task run, on top of the search's, as a JSON object, e.g. "
+        "'{\"wise_ft_alpha\": 1.0}': how another train.py default would fare.",
+    )
+    args = parser.parse_args(argv)
+    args.multitask_options = train_options_json(parser, "--multitask_options", args.multitask_options)
+    return args
 
 
 def files(args, task, split):
@@ -103,6 +120,7 @@ def run_multitask(args, hp, output_dir):
             "max_train_samples": args.max_train_samples and args.max_train_samples * len(tasks),
             "max_eval_samples": args.max_eval_samples and args.max_eval_samples * len(tasks),
             **common_training(args, hp, output_dir),
+            **args.multitask_options,
         }
     )
     wall = time.perf_counter() - start
@@ -210,44 +228,48 @@ def main(argv=None):
     mean_f1 = lambda res: np.mean([res[t][1] for t in DEFAULT_TASKS])  # noqa: E731
     rows, search = [], []
 
-    best = None
-    for hp in grid(args):
-        run_dir = out / f"multitask-lr{hp[0]:g}-ep{hp[1]:g}"
-        res, examples, wall = run_multitask(args, hp, run_dir)
-        search.append(
-            {"system": "multitask", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples, "wall": wall}
-        )
-        if best is None or mean_f1(res) > mean_f1(best[0]):
-            if best is not None:
-                shutil.rmtree(best[3])
-            best = (res, examples, wall, run_dir, hp)
-        else:
-            shutil.rmtree(run_dir)
-    shutil.rmtree(out / "multitask", ignore_errors=True)
-    best[3].rename(out / "multitask")
-    rows.append({"system": "(a) multi-task (ours)", "encoders": 1, "topic": best[0]["topic"],
-                 "sentiment": best[0]["sentiment"], "examples": best[1], "wall": best[2], "chosen": name(best[4])})  # fmt: skip
-
-    single = {"examples": 0, "wall": 0.0, "chosen": []}
-    for task in DEFAULT_TASKS:
-        best_task = None
+    if "multitask" in args.systems:
+        best = None
         for hp in grid(args):
-            res, examples, wall = run_single_task(args, task, hp, out / f"single-{task}", encoder)
-            search.append({"system": f"single-{task}", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples,
-                           "wall": wall})  # fmt: skip
-            if best_task is None or res[1] > best_task[0][1]:
-                best_task = (res, examples, wall, hp)
-        shutil.rmtree(out / f"single-{task}", ignore_errors=True)
-        single[task] = best_task[0]
-        single["examples"] += best_task[1]
-        single["wall"] += best_task[2]
-        single["chosen"].append(f"{task} {name(best_task[3])}")
-    rows.append({"system": "(b) one model per task", "encoders": 2, **single, "chosen": ", ".join(single["chosen"])})
+            run_dir = out / f"multitask-lr{hp[0]:g}-ep{hp[1]:g}"
+            res, examples, wall = run_multitask(args, hp, run_dir)
+            search.append(
+                {"system": "multitask", "lr": hp[0], "epochs": hp[1], "dev": res, "examples": examples, "wall": wall}
+            )
+            if best is None or mean_f1(res) > mean_f1(best[0]):
+                if best is not None:
+                    shutil.rmtree(best[3])
+                best = (res, examples, wall, run_dir, hp)
+            else:
+                shutil.rmtree(run_dir)
+        shutil.rmtree(out / "multitask", ignore_errors=True)
+        best[3].rename(out / "multitask")
+        rows.append({"system": SYSTEMS["multitask"], "encoders": 1, "topic": best[0]["topic"],
+                     "sentiment": best[0]["sentiment"], "examples": best[1], "wall": best[2],
+                     "chosen": name(best[4])})  # fmt: skip
 
-    res, examples, wall = run_logreg(args, encoder)
-    rows.append({"system": "(c) logistic regression, frozen embeddings", "encoders": 0, "topic": res["topic"][:4],
-                 "sentiment": res["sentiment"][:4], "examples": examples, "wall": wall,
-                 "chosen": ", ".join(f"{t} C={res[t][4]:g}" for t in DEFAULT_TASKS)})  # fmt: skip
+    if "single" in args.systems:
+        single = {"examples": 0, "wall": 0.0, "chosen": []}
+        for task in DEFAULT_TASKS:
+            best_task = None
+            for hp in grid(args):
+                res, examples, wall = run_single_task(args, task, hp, out / f"single-{task}", encoder)
+                search.append({"system": f"single-{task}", "lr": hp[0], "epochs": hp[1], "dev": res,
+                               "examples": examples, "wall": wall})  # fmt: skip
+                if best_task is None or res[1] > best_task[0][1]:
+                    best_task = (res, examples, wall, hp)
+            shutil.rmtree(out / f"single-{task}", ignore_errors=True)
+            single[task] = best_task[0]
+            single["examples"] += best_task[1]
+            single["wall"] += best_task[2]
+            single["chosen"].append(f"{task} {name(best_task[3])}")
+        rows.append({"system": SYSTEMS["single"], "encoders": 2, **single, "chosen": ", ".join(single["chosen"])})
+
+    if "logreg" in args.systems:
+        res, examples, wall = run_logreg(args, encoder)
+        rows.append({"system": SYSTEMS["logreg"], "encoders": 0, "topic": res["topic"][:4],
+                     "sentiment": res["sentiment"][:4], "examples": examples, "wall": wall,
+                     "chosen": ", ".join(f"{t} C={res[t][4]:g}" for t in DEFAULT_TASKS)})  # fmt: skip
 
     machine = (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -256,7 +278,8 @@ def main(argv=None):
     header = (
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {machine}; "
         f"grid: lr {args.learning_rates} x epochs {args.epochs}, batch={args.batch_size}, seed={args.seed}; "
-        "each system's best run by in-distribution dev macro-F1.\n"
+        + (f"multi-task runs with {json.dumps(args.multitask_options)}; " if args.multitask_options else "")
+        + "each system's best run by in-distribution dev macro-F1.\n"
         f"Command: python -m benchmarks.accuracy {' '.join(argv if argv is not None else sys.argv[1:])}\n"
     )
     (out / "results.md").write_text(header + "\n" + table + "\n", encoding="utf-8")

@@ -15,6 +15,26 @@ from modeling_multitask import MultiTaskModel
 REPO = Path(__file__).resolve().parent.parent
 
 
+def add_subset_arguments(parser, systems, systems_help, options_flag, options_help):
+    """`--systems` (a subset of `systems`, default all) and `options_flag` (train.py options as a JSON object; read
+    it with `train_options_json`), as the benchmarks that compare several systems take them."""
+    parser.add_argument(
+        "--systems", nargs="+", default=list(systems), choices=list(systems), metavar="SYSTEM", help=systems_help
+    )
+    parser.add_argument(options_flag, default="{}", metavar="JSON", help=options_help)
+
+
+def train_options_json(parser, flag, text):
+    """The value of a `--FLAG JSON` option holding train.py options: a dict, or a parser error naming the flag."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"{flag} is not JSON ({error}): {text}")
+    if not isinstance(value, dict):
+        parser.error(f"{flag} must be a JSON object of train.py options (name: value), got {text}")
+    return value
+
+
 def run_train(options):
     """Run `python train.py ARGS.json` with `options` (train.py's arguments as a dict, `output_dir` among them, as
     in an arguments file) and return the run's metrics (OUTPUT_DIR/all_results.json)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import load_saved_model, run_train, task_logits
+from benchmarks.common import add_subset_arguments, load_saved_model, run_train, task_logits, train_options_json
 from configuration_multitask import DEFAULT_TASKS
 from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
@@ -63,6 +63,13 @@ EMOTIONS = [
     "disappointment", "disapproval", "disgust", "embarrassment", "excitement", "fear", "gratitude", "grief", "joy",
     "love", "nervousness", "optimism", "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
 ]  # fmt: skip
+SYSTEMS = {
+    "a": "(a) topic + sentiment",
+    "b": "(b) emotion alone",
+    "c": "(c) topic + sentiment + emotion",
+    "d": "(d) add emotion to (a), encoder frozen",
+    "e": "(e) add emotion to (a), encoder unfrozen",
+}
 ANCHOR = 0.46  # BERT-base, macro-F1 over the 28 labels on the GoEmotions test set (Demszky et al., ACL 2020)
 
 
@@ -79,9 +86,18 @@ def parse_args(argv=None):
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--parallel", type=int, default=1, help="Systems trained at once (train.py processes).")
+    add_subset_arguments(
+        parser,
+        SYSTEMS,
+        "The systems to run, of a b c d e (default all); (d) and (e) start from (a), which then runs too.",
+        "--three_task_options",
+        "train.py options for (c) alone, on top of the others, as a JSON object, e.g. "
+        '\'{"batch_by_task": true}\' or \'{"task_sampling": "temperature", "loss_weights": "emotion=0.5"}\'.',
+    )
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error(f"--parallel must be >= 1, got {args.parallel}")
+    args.three_task_options = train_options_json(parser, "--three_task_options", args.three_task_options)
     return args
 
 
@@ -130,6 +146,9 @@ def options(args, files, output_dir, train_tasks, eval_tasks, **extra):
         "report_to": "none",
         "seed": args.seed,
         "use_cpu": not torch.cuda.is_available(),
+        # plain fine-tuning: the question here is the mix of tasks, and WiSE-FT (train.py's default) would pull the
+        # encoder of (e) back towards (a)'s
+        "wise_ft_alpha": 1.0,
         **extra,
     }
 
@@ -225,21 +244,24 @@ def markdown(rows):
 
 
 def summary(rows):
-    a, b, c, d, e = (rows[k] for k in "abcde")
+    """The targets and the other findings, for the systems in `rows` (a subset runs fewer lines)."""
     points = lambda x, y: 100 * (x - y)  # noqa: E731
-    lines = [
-        f"- Emotion macro-F1, three-task (c) vs emotion alone (b), thresholds tuned on dev: "
-        f"{c['thresholds']['tuned_on_dev']:.4f} vs {b['thresholds']['tuned_on_dev']:.4f} "
-        f"({points(c['thresholds']['tuned_on_dev'], b['thresholds']['tuned_on_dev']):+.2f} points; cross-fitted "
-        f"{points(c['thresholds']['cross_fitted'], b['thresholds']['cross_fitted']):+.2f}; target: >= 0).",
-    ]
-    for task in ("topic", "sentiment"):
+    a, b, c = rows.get("a"), rows.get("b"), rows.get("c")
+    lines = []
+    if b and c:
+        lines.append(
+            f"- Emotion macro-F1, three-task (c) vs emotion alone (b), thresholds tuned on dev: "
+            f"{c['thresholds']['tuned_on_dev']:.4f} vs {b['thresholds']['tuned_on_dev']:.4f} "
+            f"({points(c['thresholds']['tuned_on_dev'], b['thresholds']['tuned_on_dev']):+.2f} points; cross-fitted "
+            f"{points(c['thresholds']['cross_fitted'], b['thresholds']['cross_fitted']):+.2f}; target: >= 0)."
+        )
+    for task in ("topic", "sentiment") if a and c else ():
         before, after = a["metrics"][f"eval_{task}_accuracy"], c["metrics"][f"eval_{task}_accuracy"]
         lines.append(
             f"- {task} accuracy, three-task (c) vs two-task (a): {after:.4f} vs {before:.4f} "
             f"({points(after, before):+.2f} points; target: within 0.5)."
         )
-    for r in (d, e):
+    for r in (rows[key] for key in "de" if key in rows):
         old = ", ".join(
             f"{task} {a['metrics'][f'eval_{task}_accuracy']:.4f} -> {r['metrics'][f'eval_{task}_accuracy']:.4f}"
             for task in ("topic", "sentiment")
@@ -249,18 +271,20 @@ def summary(rows):
             f"{r['thresholds']['tuned_on_dev']:.4f}; {r['trainable_parameters']:,} trainable parameters, "
             f"{r['train_runtime']:.0f} s of training ({r['wall']:.0f} s in all)."
         )
-    lines.append(
-        f"- Anchor: BERT-base reaches macro-F1 {ANCHOR:.2f} on the GoEmotions test set (Demszky et al., 2020); ours, "
-        f"(c) on dev: {c['thresholds']['tuned_on_dev']:.4f} tuned on dev, {c['thresholds']['cross_fitted']:.4f} "
-        f"cross-fitted, {c['thresholds']['fixed_0.5']:.4f} at 0.5 (dev, not test: a rough comparison)."
-    )
-    lines.append(
-        f"- Tuned thresholds over a fixed 0.5, (c): "
-        f"{points(c['thresholds']['tuned_on_dev'], c['thresholds']['fixed_0.5']):+.2f} points tuned on dev "
-        f"(optimistic), {points(c['thresholds']['cross_fitted'], c['thresholds']['fixed_0.5']):+.2f} cross-fitted; "
-        f"{c['thresholds']['untuned_labels']} of 28 labels had fewer than {MIN_POSITIVES_TO_TUNE} dev positives and "
-        "kept 0.5."
-    )
+    if c:
+        lines.append(
+            f"- Anchor: BERT-base reaches macro-F1 {ANCHOR:.2f} on the GoEmotions test set (Demszky et al., 2020); "
+            f"ours, (c) on dev: {c['thresholds']['tuned_on_dev']:.4f} tuned on dev, "
+            f"{c['thresholds']['cross_fitted']:.4f} cross-fitted, {c['thresholds']['fixed_0.5']:.4f} at 0.5 (dev, not "
+            "test: a rough comparison)."
+        )
+        lines.append(
+            f"- Tuned thresholds over a fixed 0.5, (c): "
+            f"{points(c['thresholds']['tuned_on_dev'], c['thresholds']['fixed_0.5']):+.2f} points tuned on dev "
+            f"(optimistic), {points(c['thresholds']['cross_fitted'], c['thresholds']['fixed_0.5']):+.2f} cross-fitted; "
+            f"{c['thresholds']['untuned_labels']} of 28 labels had fewer than {MIN_POSITIVES_TO_TUNE} dev positives and "
+            "kept 0.5."
+        )
     return "\n".join(lines)
 
 
@@ -274,21 +298,22 @@ def main(argv=None):
     new = {"backbone": args.backbone}
     added = {"model_name_or_path": str(out / "a-two-task"), "add_tasks": schema(emotion), "freeze_heads": two}
     probe = {"freeze_backbone": True, "learning_rate": args.probe_learning_rate}
-    systems = [  # key, name, what trains, train.py options (train tasks, validation tasks), freezing
-        ("a", "(a) topic + sentiment", "topic, sentiment",
-         options(args, files, out / "a-two-task", two, two, tasks=schema(two), **new), {}),
-        ("b", "(b) emotion alone", "emotion",
-         options(args, files, out / "b-emotion", emotion, emotion, tasks=schema(emotion), **new), {}),
-        ("c", "(c) topic + sentiment + emotion", "topic, sentiment, emotion",
-         options(args, files, out / "c-three-task", three, three, tasks=schema(three), **new), {}),
-        ("d", "(d) add emotion to (a), encoder frozen", "emotion head",
+    systems = [  # key, what trains, train.py options (train tasks, validation tasks), freezing
+        ("a", "topic, sentiment", options(args, files, out / "a-two-task", two, two, tasks=schema(two), **new), {}),
+        ("b", "emotion", options(args, files, out / "b-emotion", emotion, emotion, tasks=schema(emotion), **new), {}),
+        ("c", "topic, sentiment, emotion",
+         {**options(args, files, out / "c-three-task", three, three, tasks=schema(three), **new),
+          **args.three_task_options}, {}),
+        ("d", "emotion head",
          options(args, files, out / "d-add-frozen", emotion, three, **added, **probe), {"backbone": True, "heads": two}),
-        ("e", "(e) add emotion to (a), encoder unfrozen", "encoder, emotion head",
+        ("e", "encoder, emotion head",
          options(args, files, out / "e-add-unfrozen", emotion, three, **added), {"heads": two}),
     ]  # fmt: skip
+    wanted = set(args.systems) | ({"a"} if {"d", "e"} & set(args.systems) else set())
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d) and (e) start from (a): submitted after it
         futures = {}
-        for key, name, trains, train_options, freezing in systems:
+        for key, trains, train_options, freezing in (system for system in systems if system[0] in wanted):
+            name = SYSTEMS[key]
             start = futures["a"].result() if key in ("d", "e") else None
             futures[key] = pool.submit(system, out, key, name, trains, train_options, freezing, files, args.seed, start)
         rows = {key: future.result() for key, future in futures.items()}
@@ -299,6 +324,7 @@ def main(argv=None):
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}; encoder {args.backbone}, "
         f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), batch "
         f"{args.batch_size}, seed {args.seed}"
+        + (f"; (c) with {json.dumps(args.three_task_options)}" if args.three_task_options else "")
         + (f"; {args.parallel} systems at a time (contended wall times)" if args.parallel > 1 else "")
         + (f"; SMOKE RUN, capped at {args.max_train_samples} train / {args.max_eval_samples} dev rows per task" if capped else "")
         + f".\nCommand: python -m benchmarks.emotion {' '.join(argv if argv is not None else sys.argv[1:])}\n"

@@ -36,6 +36,13 @@ def test_accuracy_benchmark_runs(backbone_dir, tmp_path):
     assert (out / "results.md").is_file() and (out / "multitask" / "config.json").is_file()
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["examples"] for r in rows[:2]] == [96, 96]  # the same training examples for (a) and (b)
+    # the multi-task search alone, with a train.py option under consideration
+    stdout = run(["benchmarks.accuracy", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
+                  "--epochs", "1", "--learning_rates", "1e-3", "--systems", "multitask",
+                  "--multitask_options", '{"wise_ft_alpha": 0.5}'])  # fmt: skip
+    assert [r["system"] for r in json.loads((out / "results.json").read_text())["rows"]] == ["(a) multi-task (ours)"]
+    assert json.loads((out / "multitask" / "training_args.json").read_text())["wise_ft_alpha"] == 0.5
+    assert 'multi-task runs with {"wise_ft_alpha": 0.5}' in stdout
 
 
 def test_speed_benchmark_runs(backbone_dir, tmp_path):
@@ -134,3 +141,16 @@ def test_emotion_benchmark_runs(backbone_dir, tmp_path):
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0 and result.stderr.count("stored result") == 2, result.stderr[-3000:]
+    # (c) alone with another recipe: only (c) runs, trained again (its options changed), and the options are recorded
+    result = subprocess.run([sys.executable, "-m", *args, "--systems", "c", "--three_task_options",
+                             '{"batch_by_task": true}'], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0 and "stored result" not in result.stderr, result.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["system"] for r in rows] == ["(c) topic + sentiment + emotion"] and rows[0]["train_options"][
+        "batch_by_task"
+    ]
+    assert json.loads((out / "c-three-task" / "run.json").read_text())  # a finished train.py run
+    result = subprocess.run([sys.executable, "-m", *args, "--three_task_options", "batch_by_task"],
+                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert result.returncode == 2 and "--three_task_options is not JSON" in result.stderr, result.stderr[-3000:]

@@ -153,8 +153,10 @@ def test_lp_ft_freezes_the_encoder_then_fine_tunes_everything(backbone_dir, tmp_
 
 def test_ema_weights_are_evaluated_and_saved(backbone_dir, tmp_path):
     out = tmp_path / "ema"
+    # --wise_ft_alpha 1: EMA alone (WiSE-FT, the default, would interpolate the saved average afterwards)
     options = ["--max_train_samples", "32", "--num_train_epochs", "2", "--weight_averaging", "ema", "--ema_decay", "0.9", "--load_best_model_at_end",
-               "false", "--keep_checkpoints", "--save_total_limit", "5", "--test_file", str(REPO / "data" / "test.jsonl")]  # fmt: skip
+               "false", "--keep_checkpoints", "--save_total_limit", "5", "--test_file", str(REPO / "data" / "test.jsonl"),
+               "--wise_ft_alpha", "1"]  # fmt: skip
     metrics = train.main(tiny_args(backbone_dir, out, *options))
     raw = load_file(out / "checkpoint-8" / "model.safetensors")  # checkpoints keep the raw weights (resuming)
     averaged = load_file(out / "checkpoint-8" / trainer_multitask.AVERAGED_WEIGHTS)
@@ -242,3 +244,19 @@ def test_wise_ft_alpha_0_saves_the_pretrained_encoder_with_trained_heads(backbon
     assert not torch.equal(final["heads.topic.out_proj.weight"], initial["heads.topic.out_proj.weight"])
     assert json.loads((out / "training_args.json").read_text())["wise_ft_alpha"] == 0.0
     assert os.path.isfile(out / "config.json")
+
+
+def test_wise_ft_0_8_is_the_default_and_interpolates_the_saved_encoder(backbone_dir, tmp_path):
+    """Defaults: the saved encoder is lerp(initial, fine-tuned, 0.8), the fine-tuned one being the last checkpoint's
+    raw weights (no best-model reload here); the heads are the checkpoint's, untouched."""
+    out = tmp_path / "default"
+    train.main(tiny_args(backbone_dir, out, "--max_steps", "4", "--save_steps", "4", "--eval_strategy", "no",
+                         "--load_best_model_at_end", "false", "--keep_checkpoints"))  # fmt: skip
+    assert json.loads((out / "training_args.json").read_text())["wise_ft_alpha"] == 0.8
+    initial, final = initial_weights(backbone_dir), load_file(out / "model.safetensors")
+    tuned = load_file(out / "checkpoint-4" / "model.safetensors")
+    encoder = [name for name in final if name.startswith("backbone.") and final[name].is_floating_point()]
+    assert encoder and all(torch.equal(final[n], torch.lerp(initial[n], tuned[n], 0.8)) for n in encoder)
+    assert any(not torch.equal(final[n], tuned[n]) for n in encoder)  # it did move back towards the initial encoder
+    heads = [name for name in final if name.startswith("heads.")]
+    assert heads and all(torch.equal(final[n], tuned[n]) for n in heads)
