@@ -341,6 +341,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
                 raise ArgumentError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.num_train_epochs < 0:
             raise ArgumentError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs:g}")
+        for name in ("seed", "data_seed"):  # numpy's range; outside it the data shuffle fails with a traceback
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 2**32:
+                raise ArgumentError(f"--{name} must be in [0, 2**32 - 1], got {getattr(self, name)}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ArgumentError(
                 f"--num_train_epochs {self.num_train_epochs:g} means no training step; give a positive number of "

@@ -37,12 +37,16 @@ def train_options_json(parser, flag, text):
 
 def run_train(options):
     """Run `python train.py ARGS.json` with `options` (train.py's arguments as a dict, `output_dir` among them, as
-    in an arguments file) and return the run's metrics (OUTPUT_DIR/all_results.json)."""
+    in an arguments file) and return the run's metrics (OUTPUT_DIR/all_results.json). Bad input (train.py's one-line
+    error, exit 1) ends the benchmark with that line; any other failure raises with the end of train.py's stderr."""
     with tempfile.TemporaryDirectory() as tmp:
         args_file = Path(tmp) / "args.json"
         args_file.write_text(json.dumps(options), encoding="utf-8")
         command = [sys.executable, str(REPO / "train.py"), str(args_file)]
         result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = result.stderr.strip().splitlines()[-1:] or [""]
+    if result.returncode == 1 and last[0].startswith("error: "):  # train.py's one-line error for bad input: pass it on
+        raise SystemExit(f"{last[0]} (train.py run for {options['output_dir']})")
     if result.returncode != 0:
         raise RuntimeError(
             f"train.py {json.dumps(options)} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"

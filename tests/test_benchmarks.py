@@ -102,6 +102,11 @@ def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0 and result.stderr.count("(stored result)") == 4, result.stderr[-3000:]
+    # train.py's one-line error for bad input (here a data folder with no files) is the benchmark's, not a traceback
+    result = subprocess.run([sys.executable, "-m", *args[:2], str(tmp_path / "no-data"), *args[3:], "--first_seed", "7"],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'no-data'}"), result.stderr[-3000:]
     # a sweep alpha not evaluated yet needs the model, which is gone: one line saying so, nothing trained
     result = subprocess.run([sys.executable, "-m", *args[:-1], "0.8"], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip

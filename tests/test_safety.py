@@ -255,6 +255,7 @@ def test_train_mistakes_are_one_line_errors_that_write_nothing(backbone_dir, tra
         (["--loss_weights", "topic:2"], "error: --loss_weights item 'topic:2' is not TASK=NUMBER"),
         (["--freeze_layers", "9"], "error: --freeze_layers 9, but the encoder has 2 layers"),
         (["--max_train_samples", "0"], "error: --max_train_samples must be >= 1"),
+        (["--seed", "-1"], "error: --seed must be in [0, 2**32 - 1], got -1"),
         (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size must be >= 1, got 0"),
         (["--resume_from_checkpoint", str(tmp_path / "nope")], "not a complete checkpoint folder"),
         (["--backbone", str(tmp_path / "no-encoder")], f"error: {tmp_path / 'no-encoder'}: no such model directory"),
