@@ -9,6 +9,7 @@ trainer, metrics, freezing, the sampler) live in `trainer_multitask.py`; this sc
 line: parse, read the data, build the model, train, evaluate, save, write the model card.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -334,6 +335,16 @@ class MultiTaskTrainingArguments(TrainingArguments):
             "was before training: the pretrained one, or a continued model's); 1.0 = off (plain fine-tuning)."
         },
     )
+    # Learning without forgetting (Li & Hoiem, 2016): what keeps a saved model's tasks when it trains on (mostly)
+    # other data, e.g. a task added unfrozen (README, "Adding a task to a trained model")
+    distill_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Continuing a saved model (--model_name_or_path): add W x a distillation loss that keeps its own "
+            "tasks' outputs on every training row close to what the saved model answers; 0 = off."
+        },
+    )
+    distill_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of --distill_weight."})
 
     def __post_init__(self):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -381,6 +392,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ArgumentError(f"--swa_start must be in [0, 1) (a fraction of the run), got {self.swa_start:g}")
         if not 0.0 <= self.wise_ft_alpha <= 1.0:
             raise ArgumentError(f"--wise_ft_alpha must be in [0, 1], got {self.wise_ft_alpha:g}")
+        if not 0.0 <= self.distill_weight < float("inf"):
+            raise ArgumentError(f"--distill_weight must be a number >= 0, got {self.distill_weight:g}")
+        if not 0.0 < self.distill_temperature < float("inf"):
+            raise ArgumentError(f"--distill_temperature must be > 0, got {self.distill_temperature:g}")
 
     def selection_set_names(self, eval_sets):
         """The evaluation sets best-model selection averages (`--selection_sets`, default all), checked against the
@@ -725,6 +740,11 @@ def main(argv=None):
     settings = run_settings(model_args, data_args, training_args)
     check_output_dir(training_args, settings)
     config = model_config(model_args)
+    if training_args.distill_weight and not model_args.model_name_or_path:
+        raise ArgumentError(
+            "--distill_weight keeps a saved model's tasks close to that model's answers: give the model with "
+            "--model_name_or_path (a new model has nothing to keep)"
+        )
     depth = getattr(config.backbone_config, "num_hidden_layers", None)
     if depth is not None and model_args.freeze_layers > depth:
         raise ArgumentError(f"--freeze_layers {model_args.freeze_layers}, but the encoder has {depth} layers")
@@ -754,6 +774,9 @@ def main(argv=None):
 
     set_seed(training_args.seed)
     model = build_model(model_args, config)
+    # learning without forgetting: the model as it starts (its new heads unused) answers the saved model's tasks
+    teacher = copy.deepcopy(model) if training_args.distill_weight else None
+    distill_tasks = MultiTaskConfig.from_saved_model(model_args.model_name_or_path).tasks if teacher else {}
     frozen = freeze(
         model,
         backbone=model_args.freeze_backbone,
@@ -809,6 +832,10 @@ def main(argv=None):
         layerwise_lr_decay=model_args.layerwise_lr_decay,
         selection_sets=selection_sets,
         batch_by_task=data_args.batch_by_task,
+        teacher=teacher,
+        distill_tasks=list(distill_tasks),
+        distill_weight=training_args.distill_weight,
+        distill_temperature=training_args.distill_temperature,
     )
 
     resume = training_args.resume_from_checkpoint

@@ -16,6 +16,7 @@ import datasets
 import evaluate
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
@@ -269,17 +270,48 @@ class TaskGroupedSampler(torch.utils.data.Sampler):
             yield from batch
 
 
+def distillation_loss(student_logits, teacher_logits, multi_label=False, temperature=2.0):
+    """How far one task's outputs are from a teacher's (knowledge distillation, Hinton et al. 2015; as learning
+    without forgetting uses it, Li & Hoiem 2016): KL(teacher || student) of the softmaxes at `temperature`, averaged
+    over the batch; for a multi-label task, of each label's sigmoid, summed over the labels (as `task_loss` sums).
+    Scaled by temperature**2 so that its gradient keeps its size whatever the temperature. Exactly 0 when the logits
+    are equal. Every row counts, labelled for the task or not."""
+    student, teacher = student_logits.float() / temperature, teacher_logits.float() / temperature
+    if multi_label:
+        target = torch.sigmoid(teacher)
+        bce = lambda logits: F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # noqa: E731
+        return (bce(student) - bce(teacher)).sum(dim=1).mean() * temperature**2
+    kl = F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True, reduction="none")
+    return kl.sum(dim=1).mean() * temperature**2
+
+
 class MultiTaskTrainer(Trainer):
     """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
     builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay. Over named
     evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`); with a
-    `WeightAveragingCallback` it evaluates the averaged weights."""
+    `WeightAveragingCallback` it evaluates the averaged weights. With a `teacher` (a frozen copy of the model
+    training started from) and `distill_weight` > 0, the training loss adds `distill_weight` x the distillation loss
+    of the teacher's tasks `distill_tasks` on every training row (learning without forgetting)."""
 
     def __init__(
-        self, *args, head_learning_rate=None, layerwise_lr_decay=1.0, selection_sets=None, batch_by_task=False, **kwargs
+        self,
+        *args,
+        head_learning_rate=None,
+        layerwise_lr_decay=1.0,
+        selection_sets=None,
+        batch_by_task=False,
+        teacher=None,
+        distill_tasks=(),
+        distill_weight=0.0,
+        distill_temperature=2.0,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.batch_by_task = batch_by_task  # every training batch from one task (TaskGroupedSampler)
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.distill_tasks = list(distill_tasks)
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
         self.head_learning_rate = head_learning_rate
         self.layerwise_lr_decay = layerwise_lr_decay
         self.selection_sets = selection_sets  # names of the evaluation sets best-model selection averages; None: all
@@ -307,11 +339,30 @@ class MultiTaskTrainer(Trainer):
         # The model computes sum_t w_t * mean CE_t itself; num_items_in_batch (token-level loss scaling) does not
         # apply to per-example classification losses, so it is ignored.
         outputs = model(**inputs)
+        loss = outputs.loss
         if model.training:
-            for task, value in outputs.task_losses.items():
+            losses = dict(outputs.task_losses)
+            if self.teacher is not None and self.distill_weight > 0:
+                losses["distill"] = self.distillation(inputs, outputs.logits)
+                loss = loss + self.distill_weight * losses["distill"]
+            for task, value in losses.items():
                 self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + value.detach().float()
             self._task_loss_steps += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        return (loss, outputs) if return_outputs else loss
+
+    def distillation(self, inputs, logits):
+        """The distillation loss of `distill_tasks` between the model's `logits` and the teacher's on the same rows,
+        summed over the tasks."""
+        device = next(iter(logits.values())).device
+        if self.teacher.device != device:
+            self.teacher.to(device)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if not k.startswith("labels_")}).logits
+        multi_label = self.model.config.multi_label_tasks
+        return sum(
+            distillation_loss(logits[task], teacher_logits[task], task in multi_label, self.distill_temperature)
+            for task in self.distill_tasks
+        )
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._task_loss_steps:

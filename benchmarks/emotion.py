@@ -12,8 +12,12 @@ dev set at the end, as it always does.
    macro-F1 of (c) at least that of (b); topic and sentiment accuracy of (c) within 0.5 points of (a).
 2. Adding emotion to the trained (a): (d) encoder and old heads frozen, only the new head trains (at
    --probe_learning_rate: a linear probe needs a larger step); (e) encoder unfrozen, old heads frozen. Each trains on
-   the emotion data only. Reported: wall time, trainable parameters, and the old tasks' dev accuracy before (a) and
-   after.
+   the emotion data only. (f) nothing frozen, trained on all three tasks' data (the old tasks' data rehearsed beside
+   the new one), one task per batch (--batch_by_task), and the old tasks' outputs distilled from (a) on every row
+   (--distill_weight, learning without forgetting): a three-task model like (c) that starts from (a), so it is held
+   to (c)'s targets too, at the cost of (a)'s training plus its own. (g) nothing frozen, the emotion data alone, with
+   --distill_weight, for when the old tasks' data is not at hand. Reported: wall time, trainable parameters, and the old tasks' dev accuracy before
+   (a) and after.
 3. Thresholds: each system's emotion dev macro-F1 with every threshold at 0.5, with thresholds tuned on the dev set
    itself (what train.py reports: optimistic), and cross-fitted (tuned on one half of the dev set, scored on the
    other, both ways): the honest gain of tuning. The published anchor, BERT-base at macro-F1 0.46 on the GoEmotions
@@ -25,8 +29,9 @@ figure and every run's metrics) and results.md to --output_dir and prints the ta
 
 Each finished system is kept in OUTPUT_DIR/systems/KEY.json (with its model folder) and read back when the benchmark
 is run again with the same settings, so a run that was stopped continues with the systems it had not finished.
---parallel N runs up to N systems at once (each its own train.py process: (a), (b), (c) together, then (d) and (e),
+--parallel N runs up to N systems at once (each its own train.py process: (a), (b), (c) together, then (d) to (g),
 which start from (a)); for a GPU with room for several small models. Wall times are then contended.
+--three_task_options adds train.py options to (c) and (f), the systems trained on all three tasks' data.
 """
 
 import argparse
@@ -69,7 +74,10 @@ SYSTEMS = {
     "c": "(c) topic + sentiment + emotion",
     "d": "(d) add emotion to (a), encoder frozen",
     "e": "(e) add emotion to (a), encoder unfrozen",
+    "f": "(f) add emotion to (a), trained on all three tasks",
+    "g": "(g) add emotion to (a), encoder unfrozen, distilled",
 }
+CONTINUES_A = ("d", "e", "f", "g")  # the systems that start from (a)'s saved model
 ANCHOR = 0.46  # BERT-base, macro-F1 over the 28 labels on the GoEmotions test set (Demszky et al., ACL 2020)
 
 
@@ -81,6 +89,12 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--probe_learning_rate", type=float, default=1e-3, help="(d): only the new head trains.")
+    parser.add_argument(
+        "--distill_weight",
+        type=float,
+        default=1.0,
+        help="(f) and (g): train.py's --distill_weight (learning without forgetting).",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
@@ -89,9 +103,10 @@ def parse_args(argv=None):
     add_subset_arguments(
         parser,
         SYSTEMS,
-        "The systems to run, of a b c d e (default all); (d) and (e) start from (a), which then runs too.",
+        "The systems to run, of a b c d e f g (default all); (d) to (g) start from (a), which then runs too.",
         "--three_task_options",
-        "train.py options for (c) alone, on top of the others, as a JSON object, e.g. "
+        "train.py options for the systems trained on all three tasks' data, (c) and (f), on top of the others, as a "
+        "JSON object, e.g. "
         '\'{"batch_by_task": true}\' or \'{"task_sampling": "temperature", "loss_weights": "emotion=0.5"}\'.',
     )
     args = parser.parse_args(argv)
@@ -171,15 +186,15 @@ def system(out, key, name, trains, train_options, freezing, files, seed, start=N
     """One system's row: stored in OUTPUT_DIR/systems/KEY.json by an earlier run with the same options (and its
     model still there, and finished after `start`, the row of the model it continues), or trained now and stored."""
     path = out / "systems" / f"{key}.json"
+    learns_emotion = any(entry.startswith("emotion=") for entry in train_options["train_file"])
     if path.is_file() and (Path(train_options["output_dir"]) / "config.json").is_file():
         row = json.loads(path.read_text(encoding="utf-8"))
         if row["train_options"] == train_options and (start is None or row["finished"] > start["finished"]):
             logger.info("%s: stored result (%s)", name, path)
             return row
     row = {**run(name, train_options, freezing), "trains": trains, "train_options": train_options}
-    if "emotion" in trains:
-        logits, labels = emotion_dev(train_options["output_dir"], files["emotion", "dev"])
-        row["thresholds"] = threshold_figures(logits, labels, seed)
+    if learns_emotion:
+        row["thresholds"] = threshold_figures(*emotion_dev(train_options["output_dir"], files["emotion", "dev"]), seed)
     row["finished"] = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -248,20 +263,23 @@ def summary(rows):
     points = lambda x, y: 100 * (x - y)  # noqa: E731
     a, b, c = rows.get("a"), rows.get("b"), rows.get("c")
     lines = []
-    if b and c:
-        lines.append(
-            f"- Emotion macro-F1, three-task (c) vs emotion alone (b), thresholds tuned on dev: "
-            f"{c['thresholds']['tuned_on_dev']:.4f} vs {b['thresholds']['tuned_on_dev']:.4f} "
-            f"({points(c['thresholds']['tuned_on_dev'], b['thresholds']['tuned_on_dev']):+.2f} points; cross-fitted "
-            f"{points(c['thresholds']['cross_fitted'], b['thresholds']['cross_fitted']):+.2f}; target: >= 0)."
-        )
-    for task in ("topic", "sentiment") if a and c else ():
-        before, after = a["metrics"][f"eval_{task}_accuracy"], c["metrics"][f"eval_{task}_accuracy"]
-        lines.append(
-            f"- {task} accuracy, three-task (c) vs two-task (a): {after:.4f} vs {before:.4f} "
-            f"({points(after, before):+.2f} points; target: within 0.5)."
-        )
-    for r in (rows[key] for key in "de" if key in rows):
+    for key in (key for key in "cfg" if key in rows):  # the three-task models against the targets
+        r, label = rows[key], f"({key})"
+        if b:
+            lines.append(
+                f"- Emotion macro-F1, three-task {label} vs emotion alone (b), thresholds tuned on dev: "
+                f"{r['thresholds']['tuned_on_dev']:.4f} vs {b['thresholds']['tuned_on_dev']:.4f} "
+                f"({points(r['thresholds']['tuned_on_dev'], b['thresholds']['tuned_on_dev']):+.2f} points; "
+                f"cross-fitted {points(r['thresholds']['cross_fitted'], b['thresholds']['cross_fitted']):+.2f}; "
+                "target: >= 0)."
+            )
+        for task in ("topic", "sentiment") if a else ():
+            before, after = a["metrics"][f"eval_{task}_accuracy"], r["metrics"][f"eval_{task}_accuracy"]
+            lines.append(
+                f"- {task} accuracy, three-task {label} vs two-task (a): {after:.4f} vs {before:.4f} "
+                f"({points(after, before):+.2f} points; target: within 0.5)."
+            )
+    for r in (rows[key] for key in CONTINUES_A if key in rows):
         old = ", ".join(
             f"{task} {a['metrics'][f'eval_{task}_accuracy']:.4f} -> {r['metrics'][f'eval_{task}_accuracy']:.4f}"
             for task in ("topic", "sentiment")
@@ -308,13 +326,19 @@ def main(argv=None):
          options(args, files, out / "d-add-frozen", emotion, three, **added, **probe), {"backbone": True, "heads": two}),
         ("e", "encoder, emotion head",
          options(args, files, out / "e-add-unfrozen", emotion, three, **added), {"heads": two}),
+        ("f", "encoder, all heads",
+         {**options(args, files, out / "f-add-all-data", three, three, **{**added, "freeze_heads": []},
+                    batch_by_task=True, distill_weight=args.distill_weight), **args.three_task_options}, {}),
+        ("g", "encoder, all heads",
+         options(args, files, out / "g-add-distilled", emotion, three, **{**added, "freeze_heads": []},
+                 distill_weight=args.distill_weight), {}),
     ]  # fmt: skip
-    wanted = set(args.systems) | ({"a"} if {"d", "e"} & set(args.systems) else set())
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d) and (e) start from (a): submitted after it
+    wanted = set(args.systems) | ({"a"} if set(CONTINUES_A) & set(args.systems) else set())
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d), (e), (f) start from (a): submitted after it
         futures = {}
         for key, trains, train_options, freezing in (system for system in systems if system[0] in wanted):
             name = SYSTEMS[key]
-            start = futures["a"].result() if key in ("d", "e") else None
+            start = futures["a"].result() if key in CONTINUES_A else None
             futures[key] = pool.submit(system, out, key, name, trains, train_options, freezing, files, args.seed, start)
         rows = {key: future.result() for key, future in futures.items()}
 
@@ -322,7 +346,8 @@ def main(argv=None):
     capped = args.max_train_samples is not None or args.max_eval_samples is not None
     header = (
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}; encoder {args.backbone}, "
-        f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), batch "
+        f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), (g): distill weight "
+        f"{args.distill_weight:g}, batch "
         f"{args.batch_size}, seed {args.seed}"
         + (f"; (c) with {json.dumps(args.three_task_options)}" if args.three_task_options else "")
         + (f"; {args.parallel} systems at a time (contended wall times)" if args.parallel > 1 else "")

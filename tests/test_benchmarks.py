@@ -130,17 +130,28 @@ def test_emotion_benchmark_runs(backbone_dir, tmp_path):
     for marker in ("| (c) topic + sentiment + emotion |", "| (d) add emotion to (a), encoder frozen |", "Anchor"):
         assert marker in stdout, stdout
     results = json.loads((out / "results.json").read_text())
-    a, d = results["rows"][0], results["rows"][3]
+    a, c, d, f, g = (results["rows"][i] for i in (0, 2, 3, 5, 6))
     for task in ("topic", "sentiment"):  # frozen encoder and old heads: the old tasks' figures do not move
         assert d["metrics"][f"eval_{task}_accuracy"] == a["metrics"][f"eval_{task}_accuracy"]
     assert d["trainable_parameters"] == 32 * 28 + 28  # the emotion head alone: hidden 32 x 28 labels + biases
+    # (f) continues (a) on all three tasks' data with nothing frozen: (c)'s schema and size, and it trained every task
+    assert f["system"].startswith("(f)") and f["trainable_parameters"] == c["trainable_parameters"]
+    assert (
+        f["train_options"]["model_name_or_path"] == str(out / "a-two-task") and not f["train_options"]["freeze_heads"]
+    )
+    assert [t.split("=")[0] for t in f["train_options"]["train_file"]] == ["topic", "sentiment", "emotion"]
+    assert f["train_options"]["batch_by_task"] and f["train_options"]["distill_weight"] == 1.0
+    assert "three-task (f) vs emotion alone (b)" in stdout and "sentiment accuracy, three-task (f)" in stdout
+    # (g) continues (a) on the emotion data alone, nothing frozen, the old tasks distilled from (a)
+    assert g["train_options"]["distill_weight"] == 1.0 and g["trainable_parameters"] == c["trainable_parameters"]
+    assert [t.split("=")[0] for t in g["train_options"]["train_file"]] == ["emotion"]
     assert (out / "results.md").read_text().count("SMOKE RUN") == 1
     assert (out / "c-three-task" / "per_label_results.json").is_file()
     # run again: every system is read back (none trained again) and gives the same table; a changed (a) (another
-    # learning rate) is trained again, and so are (d) and (e), which continue from it
+    # learning rate) is trained again, and so are (d) to (g), which continue from it
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert result.returncode == 0 and result.stderr.count("stored result") == 5, result.stderr[-3000:]
+    assert result.returncode == 0 and result.stderr.count("stored result") == 7, result.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
     (out / "systems" / "a.json").write_text((out / "systems" / "a.json").read_text().replace('"learning_rate"', '"x"'))
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,

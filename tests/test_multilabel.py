@@ -18,7 +18,7 @@ from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel, task_loss
 from multitask_data import DataError, label_counts, load_split
 from onnx_multitask import OnnxMultiTaskModel, output_names
-from trainer_multitask import best_thresholds, make_compute_metrics, per_label_table
+from trainer_multitask import best_thresholds, distillation_loss, make_compute_metrics, per_label_table
 
 # A multi-label task made from the bundled data: money (Finance/Tech), fun (Entertainment/Sports), good (Positive).
 # A Health/Lifestyle sentence with a negative sentiment has none of them: `[]`.
@@ -392,6 +392,55 @@ def test_add_a_task_with_train_py_frozen_keeps_old_outputs_bit_identical(trained
     assert not torch.equal(new.logits["tags"], torch.zeros_like(new.logits["tags"]))
 
 
+def test_distillation_loss_by_hand():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(4, 3), torch.randn(4, 3, requires_grad=True)
+    for multi_label in (False, True):
+        assert distillation_loss(teacher, teacher, multi_label, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    p, q = torch.softmax(teacher / 2, -1), torch.softmax(student / 2, -1)
+    by_hand = (p * (p.log() - q.log())).sum(-1).mean() * 4  # KL(teacher || student) at T = 2, times T**2
+    loss = distillation_loss(student, teacher, temperature=2.0)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5) and loss.item() > 0
+    p, q = torch.sigmoid(teacher), torch.sigmoid(student)
+    bernoulli = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())  # per label, summed over them
+    loss = distillation_loss(student, teacher, multi_label=True, temperature=1.0)
+    assert loss.item() == pytest.approx(bernoulli.sum(-1).mean().item(), rel=1e-5)
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+def changed_answers(base, out):
+    """How many of the old tasks' answers on 32 bundled validation sentences differ between the saved models `base`
+    and `out` (summed over the tasks)."""
+    texts = [json.loads(line)["text"] for line in (REPO / "data" / "validation.jsonl").read_text().splitlines()[:32]]
+    before, after = MultiTaskModel.from_pretrained(base).eval(), MultiTaskModel.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out, config=after.config.backbone_config)
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        old, new = before(**batch), after(**batch)
+    return sum((old.logits[task].argmax(-1) != new.logits[task].argmax(-1)).sum().item() for task in TASKS)
+
+
+def test_add_a_task_unfrozen_with_distillation_keeps_the_old_tasks_answers(trained, tmp_path):
+    """Learning without forgetting: the new task's data alone, encoder and old heads unfrozen, a large step. Without
+    distillation many of the old tasks' answers change; with it few do, and the run logs the distillation loss."""
+    base, _ = trained
+    changed = {}
+    for weight in ("0", "10"):
+        out = tmp_path / f"distill-{weight}"
+        args = tiny_args("unused", out, "--max_steps", "16", "--eval_strategy", "no", "--save_strategy", "no",
+                         "--learning_rate", "1e-2", "--wise_ft_alpha", "1", "--distill_weight", weight)  # fmt: skip
+        args[args.index("--backbone") : args.index("--backbone") + 2] = ["--model_name_or_path", str(base)]
+        args[args.index("--train_file") + 1] = f"tags={tags_file(tmp_path / 'tags.jsonl', 'train', 64)}"
+        args += ["--add_tasks", json.dumps({"tags": {"labels": TAGS, "multi_label": True}})]
+        train.main(args)
+        changed[weight] = changed_answers(base, out)
+        logged = [entry for entry in json.loads((out / "trainer_state.json").read_text())["log_history"]
+                  if "loss" in entry]  # fmt: skip
+        assert len(logged) == 16 and all(("loss_distill" in entry) == (weight != "0") for entry in logged)
+    assert changed["0"] >= 16 and changed["10"] <= changed["0"] / 4, changed  # of 64 answers (2 tasks x 32)
+
+
 def test_add_tasks_is_refused_when_it_cannot_apply(trained, backbone_dir, tmp_path):
     base, _ = trained
     with pytest.raises(train.ArgumentError, match="--add_tasks adds tasks to a saved model"):
@@ -403,3 +452,12 @@ def test_add_tasks_is_refused_when_it_cannot_apply(trained, backbone_dir, tmp_pa
     args[args.index("--add_tasks") + 1] = '{"tags": {"labels": ["a"], "multi": true}}'
     with pytest.raises(train.ArgumentError, match="--add_tasks: task 'tags' is .*; expected a list of labels or"):
         train.main(args)
+    with pytest.raises(
+        train.ArgumentError, match="--distill_weight keeps a saved model's tasks .* --model_name_or_path"
+    ):
+        train.main(tiny_args(backbone_dir, tmp_path / "c", "--distill_weight", "1"))
+    for option, value, message in (("--distill_weight", "-1", "--distill_weight must be a number >= 0, got -1"),
+                                   ("--distill_weight", "nan", "--distill_weight must be a number >= 0, got nan"),
+                                   ("--distill_temperature", "0", "--distill_temperature must be > 0, got 0")):  # fmt: skip
+        with pytest.raises(train.ArgumentError, match=message):
+            train.main(tiny_args(backbone_dir, tmp_path / "d", option, value))
