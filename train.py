@@ -776,7 +776,8 @@ def main(argv=None):
     model = build_model(model_args, config)
     # learning without forgetting: the model as it starts (its new heads unused) answers the saved model's tasks
     teacher = copy.deepcopy(model) if training_args.distill_weight else None
-    distill_tasks = MultiTaskConfig.from_saved_model(model_args.model_name_or_path).tasks if teacher else {}
+    added = model_args.added_tasks()[0]
+    distill_tasks = [task for task in config.tasks if task not in added] if teacher else []  # the saved model's
     frozen = freeze(
         model,
         backbone=model_args.freeze_backbone,
@@ -833,7 +834,7 @@ def main(argv=None):
         selection_sets=selection_sets,
         batch_by_task=data_args.batch_by_task,
         teacher=teacher,
-        distill_tasks=list(distill_tasks),
+        distill_tasks=distill_tasks,
         distill_weight=training_args.distill_weight,
         distill_temperature=training_args.distill_temperature,
     )

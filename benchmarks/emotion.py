@@ -186,14 +186,13 @@ def system(out, key, name, trains, train_options, freezing, files, seed, start=N
     """One system's row: stored in OUTPUT_DIR/systems/KEY.json by an earlier run with the same options (and its
     model still there, and finished after `start`, the row of the model it continues), or trained now and stored."""
     path = out / "systems" / f"{key}.json"
-    learns_emotion = any(entry.startswith("emotion=") for entry in train_options["train_file"])
     if path.is_file() and (Path(train_options["output_dir"]) / "config.json").is_file():
         row = json.loads(path.read_text(encoding="utf-8"))
         if row["train_options"] == train_options and (start is None or row["finished"] > start["finished"]):
             logger.info("%s: stored result (%s)", name, path)
             return row
     row = {**run(name, train_options, freezing), "trains": trains, "train_options": train_options}
-    if learns_emotion:
+    if any(entry.startswith("emotion=") for entry in train_options["train_file"]):
         row["thresholds"] = threshold_figures(*emotion_dev(train_options["output_dir"], files["emotion", "dev"]), seed)
     row["finished"] = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +333,7 @@ def main(argv=None):
                  distill_weight=args.distill_weight), {}),
     ]  # fmt: skip
     wanted = set(args.systems) | ({"a"} if set(CONTINUES_A) & set(args.systems) else set())
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d), (e), (f) start from (a): submitted after it
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # (d) to (g) start from (a): submitted after it
         futures = {}
         for key, trains, train_options, freezing in (system for system in systems if system[0] in wanted):
             name = SYSTEMS[key]
@@ -346,10 +345,10 @@ def main(argv=None):
     capped = args.max_train_samples is not None or args.max_eval_samples is not None
     header = (
         f"Dev-set results, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}; encoder {args.backbone}, "
-        f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), (g): distill weight "
+        f"{args.epochs:g} epochs, lr {args.learning_rate:g} ((d): {args.probe_learning_rate:g}), (f), (g): distill weight "
         f"{args.distill_weight:g}, batch "
         f"{args.batch_size}, seed {args.seed}"
-        + (f"; (c) with {json.dumps(args.three_task_options)}" if args.three_task_options else "")
+        + (f"; (c) and (f) with {json.dumps(args.three_task_options)}" if args.three_task_options else "")
         + (f"; {args.parallel} systems at a time (contended wall times)" if args.parallel > 1 else "")
         + (f"; SMOKE RUN, capped at {args.max_train_samples} train / {args.max_eval_samples} dev rows per task" if capped else "")
         + f".\nCommand: python -m benchmarks.emotion {' '.join(argv if argv is not None else sys.argv[1:])}\n"
