@@ -95,7 +95,7 @@ class TaskHead(nn.Module):
         return self.out_proj(self.layers(embeddings))  # (batch, num_labels)
 
 
-def task_loss(logits, labels, multi_label=False):
+def task_loss(logits, labels, multi_label=False, label_smoothing=0.0):
     """One task's loss over its labelled examples; -100 marks "no label".
 
     Single-label: `labels` (batch,) label ids, mean cross-entropy over the rows that have one. Multi-label: `labels`
@@ -105,7 +105,9 @@ def task_loss(logits, labels, multi_label=False):
     labels' probabilities), whatever the number of labels; averaged over 28 labels, an emotion task's gradient was so
     small beside topic and sentiment that the shared encoder ignored it (docs/design.md, "Multi-label heads"). With no
     labelled example the loss is exactly 0 (abs turns -0.0 into 0.0) but still connected to the head, so DDP sees
-    every parameter used (its gradient is 0).
+    every parameter used (its gradient is 0). `label_smoothing` (single-label only; the trainer passes
+    `--label_smoothing_factor` while training): the cross-entropy against a target with that much of its mass spread
+    evenly over the labels, as `F.cross_entropy(label_smoothing=)` defines it.
     """
     if multi_label:
         labels = labels.to(logits.device).view(logits.shape)  # (batch, n_labels)
@@ -116,7 +118,7 @@ def task_loss(logits, labels, multi_label=False):
     else:
         labels = labels.to(logits.device).view(-1)  # (batch,)
         if (labels != IGNORE_INDEX).any():
-            return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+            return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
     return (logits.sum() * 0.0).abs()
 
 

@@ -396,6 +396,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ArgumentError(f"--distill_weight must be a number >= 0, got {self.distill_weight:g}")
         if not 0.0 < self.distill_temperature < float("inf"):
             raise ArgumentError(f"--distill_temperature must be > 0, got {self.distill_temperature:g}")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:  # cross_entropy's own check comes at the first step
+            raise ArgumentError(f"--label_smoothing_factor must be in [0, 1), got {self.label_smoothing_factor:g}")
 
     def selection_set_names(self, eval_sets):
         """The evaluation sets best-model selection averages (`--selection_sets`, default all), checked against the

@@ -53,6 +53,9 @@ METHODS = {
         "baseline": {},
         "low_lr": {"learning_rate": 5e-5},
         "gentle": {"learning_rate": 5e-5, "per_device_train_batch_size": 32},  # single-task recipe B's settings
+        "batch32": {"per_device_train_batch_size": 32},  # about 16 rows of each task per step, as one task at 16
+        "label_smoothing": {"label_smoothing_factor": 0.1},
+        "frozen_embeddings": {"freeze_embeddings": True},  # words rare in training keep their pretrained vectors
         "head_lr": {"head_learning_rate": 1e-3},
         "llrd": {"layerwise_lr_decay": 0.8},
         "lp_ft": {"linear_probe_epochs": 0.5},

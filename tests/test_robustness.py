@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import set_seed
 
+import modeling_multitask
 import train
 import trainer_multitask
 from modeling_multitask import MultiTaskModel
@@ -121,6 +122,7 @@ def test_results_table_has_a_row_per_named_set_and_task():
         (["--weight_averaging", "mean"], "--weight_averaging must be none, ema or swa, got 'mean'"),
         (["--ema_decay", "1"], "--ema_decay must be in (0, 1), got 1"),
         (["--wise_ft_alpha", "1.5"], "--wise_ft_alpha must be in [0, 1], got 1.5"),
+        (["--label_smoothing_factor", "1"], "--label_smoothing_factor must be in [0, 1), got 1"),
     ],
 )
 def test_bad_robustness_options_are_one_line_errors_that_write_nothing(extra, message, backbone_dir, tmp_path):
@@ -129,6 +131,41 @@ def test_bad_robustness_options_are_one_line_errors_that_write_nothing(extra, me
         train.main(tiny_args(backbone_dir, out, *extra))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not out.exists()
+
+
+def test_label_smoothing_by_hand():
+    logits, labels, eps = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]]), torch.tensor([0, -100]), 0.3
+    log_p = torch.log_softmax(logits[0], dim=-1)
+    by_hand = -(1 - eps) * log_p[0] - eps * log_p.mean()  # the target: 1 - eps + eps/3 on label 0, eps/3 elsewhere
+    smoothed = modeling_multitask.task_loss(logits, labels, label_smoothing=eps)
+    assert smoothed.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert smoothed.item() > modeling_multitask.task_loss(logits, labels).item() == pytest.approx(-log_p[0].item())
+
+
+def test_label_smoothing_factor_smooths_the_training_loss_only(backbone_dir, tmp_path):
+    """TrainingArguments' --label_smoothing_factor is Trainer's only for a `labels` input; ours are per task."""
+    model = MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS)
+    args = train.MultiTaskTrainingArguments(
+        output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, eval_strategy="no", report_to="none"
+    )
+    trainer = trainer_multitask.MultiTaskTrainer(model=model, args=args)
+    inputs = {"input_ids": torch.randint(5, 90, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long),
+              "labels_topic": torch.tensor([0, 2, -100, 1]), "labels_sentiment": torch.tensor([-100, 1, 0, -100])}  # fmt: skip
+    model.train()
+    torch.manual_seed(0)  # the same dropout masks in both forward passes
+    loss = trainer.compute_loss(model, inputs)
+    torch.manual_seed(0)
+    logits = model(**{k: v for k, v in inputs.items() if not k.startswith("labels_")}).logits
+    expected = sum(
+        model.config.loss_weights[task]
+        * modeling_multitask.task_loss(logits[task], inputs[f"labels_{task}"], label_smoothing=0.2)
+        for task in TASKS
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.manual_seed(0)
+    assert abs(loss.item() - model(**inputs).loss.item()) > 1e-4  # not the plain cross-entropy
+    model.eval()  # evaluation reports the plain cross-entropy
+    assert trainer.compute_loss(model, inputs).item() == pytest.approx(model(**inputs).loss.item(), rel=1e-6)
 
 
 def initial_weights(backbone_dir):
