@@ -381,17 +381,22 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         embeddings = pool(hidden_states, attention_mask, self.config.pooling)  # (batch, hidden)
         logits = {task: head(embeddings) for task, head in self.heads.items()}  # task -> (batch, n_labels)
 
-        loss, task_losses = None, None
-        if labels:
-            task_losses = {}
-            for task in self.config.tasks:
-                task_labels = labels.get(f"labels_{task}")
-                if task_labels is not None:
-                    multi_label = task in self.config.multi_label_tasks
-                    task_losses[task] = task_loss(logits[task], task_labels, multi_label)
-            loss = sum(self.config.loss_weights[task] * value for task, value in task_losses.items())
-
+        loss, task_losses = self.compute_losses(logits, labels) if labels else (None, None)
         return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)
+
+    def compute_losses(self, logits, labels, label_smoothing=0.0):
+        """`(loss, {task: loss})` of `logits` (`{task: (batch, n_labels)}`) against `labels` (`{"labels_<task>":
+        tensor}`, a task left out has no labels): each task's `task_loss`, single-label tasks smoothed by
+        `label_smoothing` (the trainer's `--label_smoothing_factor`), summed with `config.loss_weights`."""
+        task_losses = {}
+        for task in self.config.tasks:
+            task_labels = labels.get(f"labels_{task}")
+            if task_labels is not None:
+                multi_label = task in self.config.multi_label_tasks
+                smoothing = 0.0 if multi_label else label_smoothing
+                task_losses[task] = task_loss(logits[task], task_labels, multi_label, smoothing)
+        loss = sum(self.config.loss_weights[task] * value for task, value in task_losses.items())
+        return loss, task_losses
 
     @torch.inference_mode()
     def _run_batch(self, encoding):

@@ -25,7 +25,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from configuration_multitask import DEFAULT_THRESHOLD  # a label's threshold until one is tuned
-from modeling_multitask import task_loss
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -344,7 +343,8 @@ class MultiTaskTrainer(Trainer):
         if model.training:
             losses = dict(outputs.task_losses)
             if self.args.label_smoothing_factor:  # Trainer's own label smoother needs a `labels` input; ours has none
-                losses, loss = self.smoothed_losses(inputs, outputs.logits, losses)
+                labels = {k: v for k, v in inputs.items() if k.startswith("labels_") and v is not None}
+                loss, losses = self.model.compute_losses(outputs.logits, labels, self.args.label_smoothing_factor)
             if self.teacher is not None and self.distill_weight > 0:
                 losses["distill"] = self.distillation(inputs, outputs.logits)
                 loss = loss + self.distill_weight * losses["distill"]
@@ -352,15 +352,6 @@ class MultiTaskTrainer(Trainer):
                 self._task_loss_sums[task] = self._task_loss_sums.get(task, 0.0) + value.detach().float()
             self._task_loss_steps += 1
         return (loss, outputs) if return_outputs else loss
-
-    def smoothed_losses(self, inputs, logits, losses):
-        """`(task losses, total)` with every single-label task's cross-entropy label-smoothed by
-        `--label_smoothing_factor` (multi-label tasks keep their loss), weighted as the model weighs them."""
-        config, eps = self.model.config, self.args.label_smoothing_factor
-        for task in losses:
-            if task not in config.multi_label_tasks:
-                losses[task] = task_loss(logits[task], inputs[f"labels_{task}"], label_smoothing=eps)
-        return losses, sum(config.loss_weights[task] * value for task, value in losses.items())
 
     def distillation(self, inputs, logits):
         """The distillation loss of `distill_tasks` between the model's `logits` and the teacher's on the same rows,
