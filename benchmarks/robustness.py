@@ -56,6 +56,9 @@ METHODS = {
         "batch32": {"per_device_train_batch_size": 32},  # about 16 rows of each task per step, as one task at 16
         "label_smoothing": {"label_smoothing_factor": 0.1},
         "frozen_embeddings": {"freeze_embeddings": True},  # words rare in training keep their pretrained vectors
+        "batch_by_task": {"batch_by_task": True},  # every step one task's 16 rows, as in single-task training
+        "head_mlp": {"head_hidden_size": 384},  # a hidden layer per task: room for task-specific features
+        "freeze_lower": {"freeze_layers": 3},  # the lower half of the encoder's layers keeps its pretrained weights
         "head_lr": {"head_learning_rate": 1e-3},
         "llrd": {"layerwise_lr_decay": 0.8},
         "lp_ft": {"linear_probe_epochs": 0.5},
@@ -66,7 +69,7 @@ METHODS = {
     }.items()
 }
 # One model per task, trained with the same train.py on that task's data alone: the issue's two recipes, plain
-# fine-tuning (WiSE-FT would change single-task models too; not measured here).
+# fine-tuning (`--wise_ft_sweep_methods single_A` shows what WiSE-FT does to them).
 SINGLE_TASK = {
     "single_A": {**PLAIN, "learning_rate": 1e-4, "per_device_train_batch_size": 16},
     "single_B": {**PLAIN, "learning_rate": 5e-5, "per_device_train_batch_size": 32},
@@ -113,9 +116,10 @@ def parse_args(argv=None):
         "--wise_ft_sweep_methods",
         nargs="+",
         default=["baseline", "gentle"],
-        choices=[m for m, options in METHODS.items() if options["wise_ft_alpha"] == 1.0],
+        choices=[m for m, options in {**METHODS, **SINGLE_TASK}.items() if options["wise_ft_alpha"] == 1.0],
         metavar="METHOD",
-        help="The multi-task methods whose models --wise_ft_sweep evaluates (default: baseline gentle).",
+        help="The methods whose models --wise_ft_sweep evaluates (default: baseline gentle); a single-task recipe's "
+        "rows interpolate each of its models.",
     )
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -267,7 +271,12 @@ def summarise(method, records, options=None):
     for task, name in COLUMNS:
         accs = [r["dev"][task][name][0] for r in records if task in r["dev"]]
         f1s = [r["dev"][task][name][1] for r in records if task in r["dev"]]
-        row["columns"][f"{task}/{name}"] = {"accuracy": mean_spread(accs), "f1": mean_spread(f1s), "seeds": len(accs)}
+        row["columns"][f"{task}/{name}"] = {
+            "accuracy": mean_spread(accs),
+            "f1": mean_spread(f1s),
+            "seeds": len(accs),
+            "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,  # sample standard deviation
+        }
     seeds = {r["settings"]["seed"] for r in records}
     row["wall"] = sum(r["wall"] for r in records) / len(seeds)  # per seed: both models of a single-task recipe
     row["train_examples"] = sum(r["train_examples"] for r in records) // len(seeds)
@@ -280,11 +289,26 @@ def shown_options(options):
     )
 
 
+def worst_gap(row, singles):
+    """(column, gap, standard error) of `row`'s worst column against the better single-task recipe there, in points.
+    The standard error of the difference of two seed means, `sqrt(sd1^2 / n1 + sd2^2 / n2)` from the sample standard
+    deviations over seeds, is None with one seed; it leaves out the dev sets' own sampling error, shared by both
+    means, and that the better recipe is the larger of two noisy means (which favours the recipes)."""
+    gaps = []
+    for task, name in COLUMNS:
+        column = f"{task}/{name}"
+        best = max(singles, key=lambda single: single["columns"][column]["accuracy"][0])["columns"][column]
+        own = row["columns"][column]
+        sds = (own["accuracy_sd"], best["accuracy_sd"])
+        se = None if None in sds else float(np.sqrt(sds[0] ** 2 / own["seeds"] + sds[1] ** 2 / best["seeds"]))
+        gaps.append((column, 100 * (own["accuracy"][0] - best["accuracy"][0]), None if se is None else 100 * se))
+    return min(gaps, key=lambda gap: gap[1])
+
+
 def markdown(rows):
     accuracy = lambda row, column: row["columns"][column]["accuracy"][0]  # noqa: E731
     columns = [f"{task}/{name}" for task, name in COLUMNS]
     singles = [row for row in rows if row["method"] in SINGLE_TASK]
-    best_single = {c: max(accuracy(r, c) for r in singles) for c in columns} if singles else None
     head = " | ".join(f"{task} {COLUMN_TITLES[name]}" for task, name in COLUMNS)
     lines = [
         f"| method | train.py options | {head} | mean of 4 | worst column vs better single-task (pts) | "
@@ -297,11 +321,10 @@ def markdown(rows):
             mean, spread = row["columns"][column]["accuracy"]
             cells.append(f"{mean:.4f} ± {spread:.4f}")
         mean4 = np.mean([accuracy(row, c) for c in columns])
-        worst = (
-            f"{min(100 * (accuracy(row, c) - best_single[c]) for c in columns):+.2f}"
-            if best_single and row["method"] not in SINGLE_TASK
-            else "-"
-        )
+        worst = "-"
+        if singles and row["method"] not in SINGLE_TASK:
+            _, gap, se = worst_gap(row, singles)
+            worst = f"{gap:+.2f}" if se is None else f"{gap:+.2f} (SE {se:.2f})"
         today = min(100 * (accuracy(row, f"{task}/validation") - TODAY[task]) for task in TASKS)
         options = shown_options(row["options"])
         lines.append(
@@ -337,7 +360,8 @@ def main(argv=None):
         rows.append(summarise(method, records[method]))
         for alpha in args.wise_ft_sweep if method in args.wise_ft_sweep_methods else []:
             swept = [{**r, "dev": r["wise_ft_sweep"][f"{alpha:g}"]} for r in records[method]]
-            rows.append(summarise(f"{method}+wise_ft_{alpha:g}", swept, {**METHODS[method], "wise_ft_alpha": alpha}))
+            options = {**METHODS.get(method, SINGLE_TASK.get(method)), "wise_ft_alpha": alpha}
+            rows.append(summarise(f"{method}+wise_ft_{alpha:g}", swept, options))
     table = markdown(rows)
     machine = f"{device}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
     header = (

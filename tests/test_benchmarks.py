@@ -1,10 +1,12 @@
-"""Smoke tests: each benchmark script runs end to end on a tiny encoder and a few rows (not a measurement)."""
+"""Smoke tests: each benchmark script runs end to end on a tiny encoder and a few rows (not a measurement); and the
+robustness benchmark's gap arithmetic on figures made up for the test."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 from helpers import REPO
 
 
@@ -78,14 +80,19 @@ def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     out = tmp_path / "out"
     args = ["benchmarks.robustness", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
             "--epochs", "1", "--seeds", "1", "--methods", "baseline", "wise_ft_0.5", "single_A",
-            "--max_train_samples", "16", "--wise_ft_sweep", "0.5"]  # fmt: skip
+            "--max_train_samples", "16", "--wise_ft_sweep_methods", "baseline", "single_A",
+            "--wise_ft_sweep", "0.5"]  # fmt: skip
     stdout = run(args)
     assert "| wise_ft_0.5 | `--wise_ft_alpha 0.5` |" in stdout and "| single_A |" in stdout, stdout
     assert "| baseline+wise_ft_0.5 | `--wise_ft_alpha 0.5` |" in stdout, stdout  # the sweep's row
+    assert "| single_A+wise_ft_0.5 | `--wise_ft_alpha 0.5 --learning_rate 0.0001" in stdout, stdout  # both its models
     assert "topic other-source dev" in stdout
     results = json.loads((out / "results.json").read_text())
     rows = {row["method"]: row["columns"] for row in results["rows"]}
-    assert list(rows) == ["baseline", "baseline+wise_ft_0.5", "wise_ft_0.5", "single_A"]  # no sweep of a WiSE-FT run
+    # no sweep of a WiSE-FT run
+    assert list(rows) == ["baseline", "baseline+wise_ft_0.5", "wise_ft_0.5", "single_A", "single_A+wise_ft_0.5"]
+    assert [sorted(r["wise_ft_sweep"]) for r in results["runs"]["single_A"]] == [["0.5", "1"]] * 2
+    assert all(r["sweep_check"] <= 1 / 24 + 1e-9 for r in results["runs"]["single_A"])
     assert set(rows["wise_ft_0.5"]) == {"topic/validation", "topic/ood", "sentiment/validation", "sentiment/ood"}
     # evaluated after training = trained with --wise_ft_alpha (same seed, same selected model), up to batching noise
     # of one of the 24 dev rows; alpha 1 is train.py's own evaluation of the saved model
@@ -170,3 +177,37 @@ def test_emotion_benchmark_runs(backbone_dir, tmp_path):
     result = subprocess.run([sys.executable, "-m", *args, "--three_task_options", "batch_by_task"],
                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert result.returncode == 2 and "--three_task_options is not JSON" in result.stderr, result.stderr[-3000:]
+
+
+def test_robustness_worst_gap_and_its_standard_error():
+    """The worst column against the better single-task recipe there, with the standard error of that difference."""
+    from benchmarks.robustness import COLUMNS, summarise, worst_gap
+
+    def records(accuracies_by_seed, tasks=("topic", "sentiment")):
+        return [
+            {
+                "settings": {"seed": seed},
+                "wall": 1.0,
+                "train_examples": 1,
+                "dev": {t: {n: [acc[f"{t}/{n}"], 0.0] for tt, n in COLUMNS if tt == t} for t in tasks},
+            }
+            for seed, acc in enumerate(accuracies_by_seed)
+        ]
+
+    def seeds(*per_column):  # per column, the accuracy of each seed
+        return [
+            dict(zip([f"{t}/{n}" for t, n in COLUMNS], figures, strict=True))
+            for figures in zip(*per_column, strict=True)
+        ]
+
+    multitask = summarise("baseline", records(seeds([0.90, 0.92], [0.80, 0.84], [0.885, 0.885], [0.91, 0.91])))
+    single_a = summarise("single_A", records(seeds([0.90, 0.90], [0.82, 0.82], [0.90, 0.90], [0.90, 0.90])))
+    single_b = summarise("single_B", records(seeds([0.88, 0.88], [0.85, 0.83], [0.87, 0.87], [0.90, 0.90])))
+    column, gap, se = worst_gap(multitask, [single_a, single_b])
+    # topic dev +1 (0.91 vs A's 0.90), topic ood -2 (0.82 vs B's 0.84), sentiment dev -1.5 (vs A), sentiment ood +1
+    assert column == "topic/ood" and round(gap, 6) == -2.0
+    # sd of [0.80, 0.84] and of [0.85, 0.83] (ddof 1), two seeds each
+    expected = 100 * np.sqrt(np.std([0.80, 0.84], ddof=1) ** 2 / 2 + np.std([0.85, 0.83], ddof=1) ** 2 / 2)
+    assert se is not None and abs(se - expected) < 1e-9 and se > 0
+    one_seed = summarise("baseline", records(seeds([0.90], [0.80], [0.88], [0.91])))
+    assert worst_gap(one_seed, [single_a, single_b])[2] is None  # no spread to estimate from one seed
