@@ -115,7 +115,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--wise_ft_sweep_methods",
         nargs="+",
-        default=["baseline", "gentle"],
+        default=None,
         choices=[m for m, options in {**METHODS, **SINGLE_TASK}.items() if options["wise_ft_alpha"] == 1.0],
         metavar="METHOD",
         help="The methods whose models --wise_ft_sweep evaluates (default: baseline gentle); a single-task recipe's "
@@ -127,6 +127,14 @@ def parse_args(argv=None):
     for alpha in args.wise_ft_sweep:
         if not 0.0 <= alpha < 1.0:
             parser.error(f"--wise_ft_sweep: every alpha must be in [0, 1), got {alpha:g}")
+    if args.wise_ft_sweep_methods is None:
+        args.wise_ft_sweep_methods = ["baseline", "gentle"]
+    else:  # named on purpose: a sweep that would not run is a mistake, not a no-op
+        if not args.wise_ft_sweep:
+            parser.error("--wise_ft_sweep_methods needs --wise_ft_sweep ALPHA [ALPHA ...] (the alphas to evaluate)")
+        absent = [m for m in args.wise_ft_sweep_methods if m not in args.methods]
+        if absent:
+            parser.error(f"--wise_ft_sweep_methods {' '.join(absent)}: not in --methods, so there is no run to sweep")
     return args
 
 

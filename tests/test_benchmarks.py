@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import REPO
 
 
@@ -211,3 +212,26 @@ def test_robustness_worst_gap_and_its_standard_error():
     assert se is not None and abs(se - expected) < 1e-9 and se > 0
     one_seed = summarise("baseline", records(seeds([0.90], [0.80], [0.88], [0.91])))
     assert worst_gap(one_seed, [single_a, single_b])[2] is None  # no spread to estimate from one seed
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--wise_ft_sweep", "1"], "every alpha must be in [0, 1), got 1"),
+        (["--methods", "baseline", "--wise_ft_sweep_methods", "baseline"], "--wise_ft_sweep_methods needs --wise_ft_sweep"),
+        (["--methods", "baseline", "--wise_ft_sweep_methods", "baseline", "single_A", "--wise_ft_sweep", "0.8"],
+         "--wise_ft_sweep_methods single_A: not in --methods"),
+    ],
+)  # fmt: skip
+def test_robustness_sweep_mistakes_are_one_line_errors(extra, message, tmp_path, capsys):
+    """A sweep that would silently do nothing, or an alpha out of range, stops before anything is written."""
+    from benchmarks.robustness import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # the default sweep methods need not be among --methods (they are swept when they are)
+    args = parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--methods", "single_A",
+                       "--wise_ft_sweep", "0.8"])  # fmt: skip
+    assert args.wise_ft_sweep_methods == ["baseline", "gentle"]
