@@ -74,6 +74,7 @@ SINGLE_TASK = {
     "single_A": {**PLAIN, "learning_rate": 1e-4, "per_device_train_batch_size": 16},
     "single_B": {**PLAIN, "learning_rate": 5e-5, "per_device_train_batch_size": 32},
 }
+OPTIONS = {**METHODS, **SINGLE_TASK}  # every method, multi-task or single-task, by name
 TASKS = list(DEFAULT_TASKS)
 SETS = {"validation": "dev", "ood": "dev_ood"}  # train.py's set name -> data file suffix
 COLUMNS = [(task, name) for task in TASKS for name in SETS]  # topic dev, topic ood, sentiment dev, sentiment ood
@@ -96,10 +97,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=[*METHODS, *SINGLE_TASK],
-        choices=[*METHODS, *SINGLE_TASK],
+        default=list(OPTIONS),
+        choices=list(OPTIONS),
         metavar="METHOD",
-        help=f"Methods to run (default all): {', '.join([*METHODS, *SINGLE_TASK])}.",
+        help=f"Methods to run (default all): {', '.join(OPTIONS)}.",
     )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task and set; for smoke runs.")
@@ -116,7 +117,7 @@ def parse_args(argv=None):
         "--wise_ft_sweep_methods",
         nargs="+",
         default=None,
-        choices=[m for m, options in {**METHODS, **SINGLE_TASK}.items() if options["wise_ft_alpha"] == 1.0],
+        choices=[m for m, options in OPTIONS.items() if options["wise_ft_alpha"] == 1.0],
         metavar="METHOD",
         help="The methods whose models --wise_ft_sweep evaluates (default: baseline gentle); a single-task recipe's "
         "rows interpolate each of its models.",
@@ -274,7 +275,7 @@ def mean_spread(values):
 
 def summarise(method, records, options=None):
     """One row: per column the accuracies and F1 over seeds (a single-task recipe's columns come from its two models)."""
-    options = options if options is not None else METHODS.get(method, SINGLE_TASK.get(method))
+    options = options if options is not None else OPTIONS[method]
     row = {"method": method, "options": options, "columns": {}}
     for task, name in COLUMNS:
         accs = [r["dev"][task][name][0] for r in records if task in r["dev"]]
@@ -368,8 +369,7 @@ def main(argv=None):
         rows.append(summarise(method, records[method]))
         for alpha in args.wise_ft_sweep if method in args.wise_ft_sweep_methods else []:
             swept = [{**r, "dev": r["wise_ft_sweep"][f"{alpha:g}"]} for r in records[method]]
-            options = {**METHODS.get(method, SINGLE_TASK.get(method)), "wise_ft_alpha": alpha}
-            rows.append(summarise(f"{method}+wise_ft_{alpha:g}", swept, options))
+            rows.append(summarise(f"{method}+wise_ft_{alpha:g}", swept, {**OPTIONS[method], "wise_ft_alpha": alpha}))
     table = markdown(rows)
     machine = f"{device}, {platform.processor() or platform.machine()}, torch {torch.__version__}"
     header = (
