@@ -52,6 +52,7 @@ METHODS = {
     for name, options in {
         "baseline": {},
         "low_lr": {"learning_rate": 5e-5},
+        "high_lr": {"learning_rate": 2e-4},  # further from the pretrained encoder: more for WiSE-FT to interpolate
         "gentle": {"learning_rate": 5e-5, "per_device_train_batch_size": 32},  # single-task recipe B's settings
         "batch32": {"per_device_train_batch_size": 32},  # about 16 rows of each task per step, as one task at 16
         "label_smoothing": {"label_smoothing_factor": 0.1},
