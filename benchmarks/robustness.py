@@ -55,6 +55,7 @@ METHODS = {
         "high_lr": {"learning_rate": 2e-4},  # further from the pretrained encoder: more for WiSE-FT to interpolate
         "gentle": {"learning_rate": 5e-5, "per_device_train_batch_size": 32},  # single-task recipe B's settings
         "batch32": {"per_device_train_batch_size": 32},  # about 16 rows of each task per step, as one task at 16
+        "batch32_high_lr": {"per_device_train_batch_size": 32, "learning_rate": 2e-4},  # half the steps, twice the rate
         "label_smoothing": {"label_smoothing_factor": 0.1},
         "frozen_embeddings": {"freeze_embeddings": True},  # words rare in training keep their pretrained vectors
         "batch_by_task": {"batch_by_task": True},  # every step one task's 16 rows, as in single-task training
