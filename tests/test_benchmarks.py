@@ -231,7 +231,12 @@ def test_robustness_sweep_mistakes_are_one_line_errors(extra, message, tmp_path,
         parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    # the default sweep methods need not be among --methods (they are swept when they are)
+
+
+def test_robustness_default_sweep_methods_need_not_be_run(tmp_path):
+    """The default sweep methods need not be among --methods (they are swept when they are)."""
+    from benchmarks.robustness import parse_args
+
     args = parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--methods", "single_A",
                        "--wise_ft_sweep", "0.8"])  # fmt: skip
     assert args.wise_ft_sweep_methods == ["baseline", "gentle"]
