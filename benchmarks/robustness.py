@@ -59,6 +59,11 @@ METHODS = {
         "label_smoothing": {"label_smoothing_factor": 0.1},
         "frozen_embeddings": {"freeze_embeddings": True},  # words rare in training keep their pretrained vectors
         "batch_by_task": {"batch_by_task": True},  # every step one task's 16 rows, as in single-task training
+        # Static task weights (--loss_weights): under Adam the ratio is what counts (gradient clipping aside): it sets
+        # each task's share of the encoder's update
+        "weight_topic2": {"loss_weights": "topic=2"},  # topic gained in-distribution with a higher rate, sentiment lost
+        "weight_topic1.5": {"loss_weights": "topic=1.5"},
+        "weight_sentiment2": {"loss_weights": "sentiment=2"},
         "head_mlp": {"head_hidden_size": 384},  # a hidden layer per task: room for task-specific features
         "freeze_lower": {"freeze_layers": 3},  # the lower half of the encoder's layers keeps its pretrained weights
         "head_lr": {"head_learning_rate": 1e-3},
