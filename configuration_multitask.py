@@ -61,6 +61,11 @@ class MultiTaskConfig(PretrainedConfig):
             Size of an optional hidden layer in every head; 0 means each head is a single linear layer.
         head_activation (`str`, *optional*, defaults to `"gelu"`):
             Activation of the hidden layer (`"gelu"`, `"relu"` or `"tanh"`); unused when `head_hidden_size` is 0.
+        task_layers (`int`, *optional*, defaults to 0):
+            Partial sharing: the encoder's top `task_layers` transformer blocks are not shared; every task has its
+            own copy of them (started from the pretrained blocks), on top of the shared lower blocks. 0: the whole
+            encoder is shared, the original design. Each task's blocks cost one block's compute per task and layer;
+            `embeddings` (`encode`) are then the pooled output of the shared blocks.
         loss_weights (`dict[str, float]`, *optional*):
             Weight of each task's mean cross-entropy in the total loss. Tasks not named get 1.0, so the default is
             the plain sum of the original design.
@@ -93,6 +98,7 @@ class MultiTaskConfig(PretrainedConfig):
         max_seq_length=None,
         multi_label_tasks=None,
         label_thresholds=None,
+        task_layers=0,
         **kwargs,
     ):
         if backbone_config is None:
@@ -120,6 +126,14 @@ class MultiTaskConfig(PretrainedConfig):
             isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 1
         ):
             raise ValueError(f"max_seq_length must be a positive int or None, got {max_seq_length!r}")
+        depth = getattr(backbone_config, "num_hidden_layers", None)
+        if isinstance(task_layers, bool) or not isinstance(task_layers, int) or task_layers < 0:
+            raise ValueError(f"task_layers must be an int >= 0 (0 = the whole encoder shared), got {task_layers!r}")
+        if task_layers and depth is not None and task_layers >= depth:
+            raise ValueError(
+                f"task_layers {task_layers} leaves no shared layer: the encoder has {depth} layers, so at most "
+                f"{depth - 1} can be task-specific"
+            )
 
         self.backbone_config = backbone_config
         self.tasks = tasks
@@ -131,6 +145,7 @@ class MultiTaskConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.multi_label_tasks = multi_label_tasks
         self.label_thresholds = {task: [float(t) for t in values] for task, values in (label_thresholds or {}).items()}
+        self.task_layers = task_layers
         super().__init__(**kwargs)
 
     @staticmethod

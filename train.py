@@ -60,7 +60,7 @@ from trainer_multitask import (
 logger = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
 # Config fields that shape the network: a saved model keeps them (continuing it with other values is refused).
-ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_size", "head_activation")
+ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_size", "head_activation", "task_layers")
 # Config fields that only change training (or the default input length): a continued model may take new values.
 TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
@@ -100,6 +100,10 @@ class ModelArguments:
     )
     head_activation: str | None = field(
         default=None, metadata={"help": "Activation of the heads' hidden layer: gelu (default), relu or tanh."}
+    )
+    task_layers: int | None = field(
+        default=None,
+        metadata={"help": "Partial sharing: each task its own copy of the encoder's top N layers; 0 = all shared."},
     )
     loss_weights: str | None = field(
         default=None, metadata={"help": "e.g. 'topic=1.0,sentiment=2.0'; default 1.0 each."}
@@ -170,6 +174,7 @@ class ModelArguments:
             "pooling": self.pooling,
             "head_hidden_size": self.head_hidden_size,
             "head_activation": self.head_activation,
+            "task_layers": self.task_layers,
             "classifier_dropout": self.classifier_dropout,
             "loss_weights": self.loss_weight_dict(),
             "max_seq_length": self.max_seq_length,
@@ -791,7 +796,7 @@ def main(argv=None):
         logger.info("frozen: %d parameter tensors (%s ...)", len(frozen), ", ".join(frozen[:3]))
     # WiSE-FT interpolates towards the encoder as it is before training: the pretrained one (or a continued model's)
     initial_encoder = (
-        {name: t.detach().to("cpu", copy=True) for name, t in model.backbone.state_dict().items()}
+        {name: t.detach().to("cpu", copy=True) for name, t in model.encoder_state_dict().items()}
         if training_args.wise_ft_alpha < 1.0
         else None
     )

@@ -460,15 +460,6 @@ class MultiTaskTrainer(Trainer):
             super().create_model_card(*args, **kwargs)
 
 
-def encoder_layers(backbone):
-    """The encoder's list of transformer blocks (BERT: encoder.layer, DistilBERT: transformer.layer, ...)."""
-    n = backbone.config.num_hidden_layers
-    for _, module in backbone.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} encoder layers of {type(backbone).__name__}")
-
-
 def embedding_module(backbone):
     """The encoder's whole embedding block (token, position, type embeddings and their norm)."""
     return getattr(backbone, "embeddings", None) or backbone.get_input_embeddings()
@@ -478,15 +469,15 @@ def freeze(model, backbone=False, embeddings=False, layers=0, heads=()):
     """Set requires_grad=False on the chosen parts. Returns the names of the frozen parameters."""
     parts = []
     if backbone:
-        parts.append(model.backbone)
+        parts.extend([model.backbone, model.task_layers])
     else:
         if embeddings or layers:
             parts.append(embedding_module(model.backbone))
         if layers:
-            blocks = encoder_layers(model.backbone)
-            if layers > len(blocks):
-                raise ValueError(f"--freeze_layers {layers} but the encoder has {len(blocks)} layers")
-            parts.extend(blocks[:layers])
+            depths = model.encoder_depths()
+            if layers > len(depths):
+                raise ValueError(f"--freeze_layers {layers} but the encoder has {len(depths)} layers")
+            parts.extend(block for depth in depths[:layers] for block in depth)
     for task in heads:
         if task not in model.heads:
             raise ValueError(f"--freeze_heads names unknown task {task!r}; tasks are {list(model.heads)}")
@@ -503,9 +494,9 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
     """Optimizer groups: heads at `head_lr`; encoder layer i of L at `lr * layer_decay ** (L - i)`, embeddings at
     `lr * layer_decay ** (L + 1)`; everything else at `lr`. Frozen parameters are left out."""
     layer_of = {}
-    blocks = encoder_layers(model.backbone)
-    for i, block in enumerate(blocks):
-        for p in block.parameters():
+    blocks = model.encoder_depths()  # a task's copies of the top layers are at the depth of the block they copy
+    for i, depth in enumerate(blocks):
+        for p in (p for block in depth for p in block.parameters()):
             layer_of[id(p)] = i
     for p in embedding_module(model.backbone).parameters():
         layer_of[id(p)] = -1
@@ -552,7 +543,8 @@ class LinearProbeCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if (state.epoch or 0.0) < self.epochs:
-            self.frozen = [p for p in model.backbone.parameters() if p.requires_grad]
+            encoder = [*model.backbone.parameters(), *model.task_layers.parameters()]
+            self.frozen = [p for p in encoder if p.requires_grad]
             for p in self.frozen:
                 p.requires_grad_(False)
             logger.info("LP-FT: the encoder is frozen for the first %g epochs (heads only)", self.epochs)
@@ -675,17 +667,17 @@ class WeightAveragingCallback(TrainerCallback):
         return True
 
 
-def wise_ft(model, pretrained_backbone, alpha):
-    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder becomes
-    `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha` 1 keeps the fine-tuned
-    encoder and 0 restores the pretrained one, both exactly (`torch.lerp`). `pretrained_backbone` is a copy of
-    `model.backbone.state_dict()` taken before training."""
+def wise_ft(model, pretrained_encoder, alpha):
+    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder (the task-specific
+    top layers included) becomes `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha`
+    1 keeps the fine-tuned encoder and 0 restores the pretrained one, both exactly (`torch.lerp`).
+    `pretrained_encoder` is a copy of `model.encoder_state_dict()` taken before training."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
     with torch.no_grad():
-        for name, tensor in model.backbone.state_dict().items():
+        for name, tensor in model.encoder_state_dict().items():
             if tensor.is_floating_point():
-                start = pretrained_backbone[name].to(device=tensor.device, dtype=tensor.dtype)
+                start = pretrained_encoder[name].to(device=tensor.device, dtype=tensor.dtype)
                 tensor.copy_(torch.lerp(start, tensor, alpha))
 
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModel
 
 from benchmarks.common import load_saved_model, run_train, task_logits
 from configuration_multitask import DEFAULT_TASKS
+from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
 from trainer_multitask import BUNDLED, TaskMetric, resolve_backbone, wise_ft
 
@@ -65,6 +65,8 @@ METHODS = {
         "weight_topic1.5": {"loss_weights": "topic=1.5"},
         "weight_sentiment2": {"loss_weights": "sentiment=2"},
         "head_mlp": {"head_hidden_size": 384},  # a hidden layer per task: room for task-specific features
+        "task_layers1": {"task_layers": 1},  # partial sharing: each task its own copy of the top encoder layer
+        "task_layers2": {"task_layers": 2},
         "freeze_lower": {"freeze_layers": 3},  # the lower half of the encoder's layers keeps its pretrained weights
         "head_lr": {"head_learning_rate": 1e-3},
         "llrd": {"layerwise_lr_decay": 0.8},
@@ -203,14 +205,19 @@ def sweep_wise_ft(args, record, alphas):
             "cannot be evaluated; delete its record in OUTPUT_DIR/runs to train it again"
         )
     model, tokenizer = load_saved_model(model_dir)
-    # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler)
-    initial = AutoModel.from_pretrained(resolve_backbone(settings["backbone"])).state_dict()
-    fine_tuned = {name: t.detach().clone() for name, t in model.backbone.state_dict().items()}
+    # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler,
+    # each task's top layers copied from the pretrained ones)
+    source = resolve_backbone(settings["backbone"])
+    start = MultiTaskModel.from_backbone(source, tasks=model.config.tasks, task_layers=model.config.task_layers)
+    initial = start.encoder_state_dict()
+    fine_tuned = {name: t.detach().clone() for name, t in model.encoder_state_dict().items()}
     tasks = {task: labels for task, labels in DEFAULT_TASKS.items() if task in model.config.tasks}
     sets = {"validation": settings["validation_file"], "ood": [e.split(":", 1)[1] for e in settings["eval_file"]]}
     sets = {name: load_split(entries, tasks, settings["max_eval_samples"]) for name, entries in sets.items()}
     for alpha in missing:
-        model.backbone.load_state_dict(fine_tuned)
+        with torch.no_grad():
+            for name, tensor in model.encoder_state_dict().items():
+                tensor.copy_(fine_tuned[name])
         wise_ft(model, initial, alpha)
         sweep[f"{alpha:g}"] = dev_figures(model, tokenizer, sets)
     if 1.0 in missing:  # the model as train.py evaluated it: the same figures, up to batching noise
