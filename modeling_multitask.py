@@ -354,10 +354,18 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         depths = [[block] for block in self.backbone.get_submodule(name)]
         return depths + [[branch[i] for branch in self.task_layers.values()] for i in range(self.config.task_layers)]
 
+    def encoder_modules(self):
+        """The encoder, by attribute name: the shared encoder and each task's copies of its top layers (empty with
+        `config.task_layers` 0). Everything but the heads; what freezing the encoder and LP-FT freeze."""
+        return {"backbone": self.backbone, "task_layers": self.task_layers}
+
     def encoder_state_dict(self):
-        """Every tensor of the encoder, the task-specific blocks included (the model's state dict without the
-        heads): what WiSE-FT interpolates."""
-        return {name: t for name, t in self.state_dict().items() if not name.startswith("heads.")}
+        """Every tensor of `encoder_modules()`, named as in the model's state dict: what WiSE-FT interpolates."""
+        return {
+            f"{prefix}.{name}": t
+            for prefix, module in self.encoder_modules().items()
+            for name, t in module.state_dict().items()
+        }
 
     @classmethod
     def from_backbone(cls, name_or_path, tasks=None, backbone_name=None, **config_kwargs):

@@ -469,7 +469,7 @@ def freeze(model, backbone=False, embeddings=False, layers=0, heads=()):
     """Set requires_grad=False on the chosen parts. Returns the names of the frozen parameters."""
     parts = []
     if backbone:
-        parts.extend([model.backbone, model.task_layers])
+        parts.extend(model.encoder_modules().values())
     else:
         if embeddings or layers:
             parts.append(embedding_module(model.backbone))
@@ -543,7 +543,7 @@ class LinearProbeCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if (state.epoch or 0.0) < self.epochs:
-            encoder = [*model.backbone.parameters(), *model.task_layers.parameters()]
+            encoder = [p for module in model.encoder_modules().values() for p in module.parameters()]
             self.frozen = [p for p in encoder if p.requires_grad]
             for p in self.frozen:
                 p.requires_grad_(False)

@@ -2,7 +2,8 @@
 
 The copies start as the pretrained blocks (so before training every task sees the full pretrained encoder), take the
 attention mask the encoder prepared (padding changes nothing), save and reload, and are part of the encoder for
-WiSE-FT, freezing, LP-FT and layer-wise learning-rate decay; train.py trains and continues such a model."""
+WiSE-FT, freezing, LP-FT and layer-wise learning-rate decay; train.py trains such a model (tests/test_train.py: and
+refuses to continue it with another --task_layers)."""
 
 import json
 
