@@ -38,6 +38,7 @@ from configuration_multitask import MultiTaskConfig, check_model_source
 from modeling_multitask import MultiTaskModel
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
+from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization, has_text_normalization
 from trainer_multitask import (
     BUNDLED,
     BUNDLED_NAME,
@@ -112,6 +113,14 @@ class ModelArguments:
         default=None,
         metadata={"help": "Longer texts are truncated (default 128); saved in the config as inference's default."},
     )
+    text_normalization: str = field(
+        default="ptb",
+        metadata={
+            "help": "ptb (default): the tokenizer writes negations as the Penn Treebank tokenised training data "
+            "does (doesn't -> does n't, cannot -> can not) before it reads a text, in training and in the saved "
+            "tokenizer (text_normalization.py); none: the encoder's tokenizer as it is."
+        },
+    )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the heads only."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the encoder's embedding layer."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the lowest N encoder layers (and embeddings)."})
@@ -134,6 +143,10 @@ class ModelArguments:
             raise ArgumentError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ArgumentError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.text_normalization not in TEXT_NORMALIZATIONS:
+            raise ArgumentError(
+                f"--text_normalization must be one of {', '.join(TEXT_NORMALIZATIONS)}, got {self.text_normalization!r}"
+            )
         if self.model_name_or_path and self.backbone != BUNDLED:
             raise ArgumentError(
                 "--backbone and --model_name_or_path both given: a saved model already has its encoder; drop one"
@@ -561,11 +574,17 @@ def model_card(model, model_args, data_args, metrics, command):
         for name, entries in named_sets.items()
         if name != "validation"
     )
+    normalization = (
+        " The tokenizer writes negations as Penn Treebank tokenisation does (`doesn't` -> `does n't`, `cannot` -> "
+        "`can not`) before it reads a text, in training as at inference (`--text_normalization ptb`)."
+        if model_args.text_normalization == "ptb"
+        else ""
+    )
     body = f"""
 # Multi-task sentence classifier
 
 One shared encoder (`{card_data.base_model}`, {config.pooling} pooling) and one head per task; one forward pass
-answers every task. Inputs are truncated to {config.max_seq_length} tokens, as in training.
+answers every task. Inputs are truncated to {config.max_seq_length} tokens, as in training.{normalization}
 
 ## Tasks
 {schema}
@@ -803,6 +822,13 @@ def main(argv=None):
     tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
+    try:
+        tokenizer = add_text_normalization(tokenizer, model_args.text_normalization)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
+        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
+        model_args.text_normalization = "ptb"  # what the model card says
     model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a notice) otherwise
 
     def tokenize(batch):
