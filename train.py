@@ -114,11 +114,11 @@ class ModelArguments:
         metadata={"help": "Longer texts are truncated (default 128); saved in the config as inference's default."},
     )
     text_normalization: str = field(
-        default="ptb",
+        default="none",
         metadata={
-            "help": "ptb (default): the tokenizer writes negations as the Penn Treebank tokenised training data "
-            "does (doesn't -> does n't, cannot -> can not) before it reads a text, in training and in the saved "
-            "tokenizer (text_normalization.py); none: the encoder's tokenizer as it is."
+            "help": "none (default): the encoder's tokenizer as it is; ptb: the tokenizer writes negations as Penn "
+            "Treebank tokenised training data does (doesn't -> does n't, cannot -> can not) before it reads a text, "
+            "in training and in the saved tokenizer (text_normalization.py)."
         },
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the heads only."})

@@ -69,9 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--text_normalization",
-        default="ptb",
+        default="none",
         choices=TEXT_NORMALIZATIONS,
-        help="The tokenizer's text normalisation for every system (train.py's --text_normalization; default ptb).",
+        help="The tokenizer's text normalisation for every system (train.py's --text_normalization; default none).",
     )
     add_subset_arguments(
         parser,

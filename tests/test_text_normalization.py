@@ -85,26 +85,27 @@ def test_tokenizer_without_a_normaliser_and_one_that_is_not_fast():
         add_text_normalization(SimpleNamespace(backend_tokenizer=None), "ptb")
 
 
-def test_train_saves_the_normalising_tokenizer_and_none_keeps_the_encoders(trained, backbone_dir, tmp_path):
-    out, _ = trained  # train.py's defaults: ptb
+def test_train_saves_the_normalising_tokenizer_with_ptb_and_the_encoders_by_default(trained, backbone_dir, tmp_path):
+    out, _ = trained  # train.py's defaults: none
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert not has_text_normalization(tokenizer)
+    assert tokenizer("the movie isn't fun")["input_ids"] != tokenizer("the movie is n't fun")["input_ids"]
+    assert "does n't" not in (out / "README.md").read_text()
+    ptb = tmp_path / "ptb"
+    train.main(tiny_args(backbone_dir, ptb, "--max_steps", "1", "--text_normalization", "ptb"))
+    assert json.loads((ptb / "run.json").read_text())["text_normalization"] == "ptb"
+    assert "does n't" in (ptb / "README.md").read_text()
     stdout = run_child(
         f"""
         from transformers import AutoModel, AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained({str(out)!r}, trust_remote_code=True)
-        model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
-        print(tokenizer("the movie is n't fun")["input_ids"] == tokenizer("the movie isn't fun")["input_ids"])
-        print(model.predict(["the movie is n't fun"], tokenizer) == model.predict(["the movie isn't fun"], tokenizer))
+        tokenizer = AutoTokenizer.from_pretrained({str(ptb)!r}, trust_remote_code=True)
+        model = AutoModel.from_pretrained({str(ptb)!r}, trust_remote_code=True)
+        print(tokenizer("the movie isn't fun")["input_ids"] == tokenizer("the movie is n't fun")["input_ids"])
+        print(model.predict(["the movie isn't fun"], tokenizer) == model.predict(["the movie is n't fun"], tokenizer))
         """,
         cwd=tmp_path,
     )
     assert stdout.split() == ["True", "True"]
-    plain = tmp_path / "plain"
-    train.main(tiny_args(backbone_dir, plain, "--max_steps", "1", "--text_normalization", "none"))
-    tokenizer = AutoTokenizer.from_pretrained(plain)
-    assert not has_text_normalization(tokenizer)
-    assert "does n't" in (out / "README.md").read_text() and "does n't" not in (plain / "README.md").read_text()
-    assert tokenizer("the movie is n't fun")["input_ids"] != tokenizer("the movie isn't fun")["input_ids"]
-    assert json.loads((plain / "run.json").read_text())["text_normalization"] == "none"
 
 
 def test_train_refuses_an_unknown_normalisation(backbone_dir, tmp_path):
