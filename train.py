@@ -527,7 +527,7 @@ def shown_command(argv):
     return " ".join(["python train.py", *(shown(arg) for arg in argv)])
 
 
-def model_card(model, model_args, data_args, metrics, command):
+def model_card(model, tokenizer, model_args, data_args, metrics, command):
     """The Hub model card: metadata (base model, licence, model-index with every task's results) and a body with the
     task schema, the data, the command and the results table. Named evaluation sets (--eval_file) give one group
     of results each, under their name as the split."""
@@ -577,7 +577,7 @@ def model_card(model, model_args, data_args, metrics, command):
     normalization = (
         " The tokenizer writes negations as Penn Treebank tokenisation does (`doesn't` -> `does n't`, `cannot` -> "
         "`can not`) before it reads a text, in training as at inference (`--text_normalization ptb`)."
-        if model_args.text_normalization == "ptb"
+        if has_text_normalization(tokenizer)  # what the saved tokenizer does, whatever this run asked for
         else ""
     )
     body = f"""
@@ -828,7 +828,6 @@ def main(argv=None):
         raise ArgumentError(str(e)) from None
     if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
         logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
-        model_args.text_normalization = "ptb"  # what the model card says
     model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a notice) otherwise
 
     def tokenize(batch):
@@ -919,7 +918,7 @@ def main(argv=None):
                 json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
             )
         trainer.save_state()
-        card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv))
+        card = model_card(trainer.model, trainer.processing_class, model_args, data_args, metrics, shown_command(argv))
         card.save(Path(training_args.output_dir) / "README.md")
         if not training_args.keep_checkpoints:
             remove_checkpoints(training_args.output_dir)

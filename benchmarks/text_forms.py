@@ -12,36 +12,37 @@ error over the models).
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
 
-from benchmarks.common import load_saved_model, task_logits
+from benchmarks.common import load_saved_model
+from benchmarks.robustness import dev_figures
+from multitask_data import IGNORE_INDEX, load_split
 from text_normalization import add_text_normalization, ptb_normalizer
 from trainer_multitask import BUNDLED, resolve_backbone
 
 SETS = ("dev", "dev_ood")
 
 
-def read_rows(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def evaluate(model_dir, data_dir, tokenizers):
     """`{(task, set): {"changed": n, name: accuracy for each of tokenizers}}` for one saved model."""
     model, _ = load_saved_model(model_dir)
+    tasks = model.config.tasks
     normalize = ptb_normalizer().normalize_str
-    figures = {}
-    for task, labels in model.config.tasks.items():
-        for name in SETS:
-            data = read_rows(Path(data_dir) / f"{task}_{name}.jsonl")
-            texts = [row["text"] for row in data]
-            gold = np.array([labels.index(row["label"]) for row in data])
-            cell = figures[task, name] = {"changed": sum(normalize(text) != text for text in texts)}
-            for tok_name, tokenizer in tokenizers.items():
-                cell[tok_name] = float((task_logits(model, tokenizer, texts)[task].argmax(axis=1) == gold).mean())
+    figures = {(task, name): {} for task in tasks for name in SETS}
+    for name in SETS:
+        # read as the robustness benchmark reads a set: every task's file in one split, by the project's reader
+        split = load_split([f"{task}={Path(data_dir) / f'{task}_{name}.jsonl'}" for task in tasks], tasks)
+        changed = [normalize(text) != text for text in split["text"]]
+        for task in tasks:
+            rows = zip(changed, split[f"labels_{task}"], strict=True)
+            figures[task, name]["changed"] = sum(change for change, label in rows if label != IGNORE_INDEX)
+        for tok_name, tokenizer in tokenizers.items():
+            accuracy = dev_figures(model, tokenizer, {name: split})
+            for task in tasks:
+                figures[task, name][tok_name] = accuracy[task][name][0]
     return figures
 
 
