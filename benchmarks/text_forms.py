@@ -4,8 +4,8 @@
 
 The training data is Penn Treebank tokenised ("does n't"), the other-source dev sets are not ("doesn't"). Each
 saved train.py model is evaluated on each dev column (topic, sentiment x `*_dev.jsonl`, `*_dev_ood.jsonl`) twice:
-with the encoder's own tokenizer (`none`: what a model trained before the normalisation read) and with that
-tokenizer plus the `ptb` normalisation (`text_normalization.py`, what train.py saves by default). The model and the
+with the encoder's own tokenizer (`none`: what train.py saves by default) and with that tokenizer plus the `ptb`
+normalisation (`text_normalization.py`, what train.py saves with `--text_normalization ptb`). The model and the
 sentences are the same in both, so the difference is the normalisation's alone, with no training seed in it. Prints
 each model's figures, then the mean over the models of each column and of the paired difference (with its standard
 error over the models).
