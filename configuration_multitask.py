@@ -20,6 +20,9 @@ POOLING_MODES = ("mean", "cls", "max")
 DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label with no tuned one
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
+# no task may take one of them.
+RESERVED_TASK_NAMES = ("line", "id", "embedding")
 
 
 def check_model_source(name_or_path):
@@ -155,6 +158,11 @@ class MultiTaskConfig(PretrainedConfig):
         for task, labels in tasks.items():
             if not isinstance(task, str) or not _TASK_NAME.fullmatch(task):
                 raise ValueError(f"task name {task!r} is not a Python identifier (letters, digits, '_')")
+            if task in RESERVED_TASK_NAMES:
+                raise ValueError(
+                    f"task name {task!r} is reserved: predict.py's output lines use the keys "
+                    f"{list(RESERVED_TASK_NAMES)} beside the task names; rename the task in tasks"
+                )
             if len(labels) < (1 if task in multi_label else 2):
                 need = "a multi-label task needs at least 1" if task in multi_label else "a task needs at least 2"
                 raise ValueError(f"task {task!r} has {len(labels)} label(s) {labels}; {need}")
@@ -174,8 +182,8 @@ class MultiTaskConfig(PretrainedConfig):
         for task, weight in (loss_weights or {}).items():
             if task not in tasks:
                 raise ValueError(f"loss_weights names unknown task {task!r}; tasks are {list(tasks)}")
-            if weight < 0:
-                raise ValueError(f"loss weight of task {task!r} must be >= 0, got {weight}")
+            if not 0 <= weight < float("inf"):  # NaN too
+                raise ValueError(f"loss weight of task {task!r} must be a number >= 0, got {weight}")
 
     @staticmethod
     def _validate_kinds(tasks, multi_label_tasks, label_thresholds):

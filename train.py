@@ -10,13 +10,17 @@ line: parse, read the data, build the model, train, evaluate, save, write the mo
 """
 
 import copy
+import errno
+import fnmatch
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
-from configuration_multitask import MultiTaskConfig, check_model_source
+from configuration_multitask import RESERVED_TASK_NAMES, MultiTaskConfig, check_model_source
 from modeling_multitask import MultiTaskModel
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
@@ -43,6 +47,7 @@ from trainer_multitask import (
     BUNDLED,
     BUNDLED_NAME,
     PER_LABEL_RESULTS,
+    RUN_RECORD,
     LinearProbeCallback,
     MultiTaskTrainer,
     RunRecordCallback,
@@ -68,6 +73,10 @@ TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
 class ArgumentError(ValueError):
     """A bad command-line argument; the message names it and is shown as it is, without a traceback."""
+
+
+class OutputError(Exception):
+    """The output folder cannot be written (no space left, no permission); shown in one line, without a traceback."""
 
 
 @dataclass
@@ -143,6 +152,14 @@ class ModelArguments:
             raise ArgumentError(f"--layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ArgumentError(f"--max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.head_learning_rate is not None and not 0 < self.head_learning_rate < math.inf:
+            raise ArgumentError(f"--head_learning_rate must be a number > 0, got {self.head_learning_rate:g}")
+        if self.head_hidden_size is not None and self.head_hidden_size < 0:
+            raise ArgumentError(f"--head_hidden_size must be >= 0 (0 = linear heads), got {self.head_hidden_size}")
+        if self.task_layers is not None and self.task_layers < 0:
+            raise ArgumentError(f"--task_layers must be >= 0 (0 = the whole encoder shared), got {self.task_layers}")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ArgumentError(f"--classifier_dropout must be in [0, 1), got {self.classifier_dropout:g}")
         if self.text_normalization not in TEXT_NORMALIZATIONS:
             raise ArgumentError(
                 f"--text_normalization must be one of {', '.join(TEXT_NORMALIZATIONS)}, got {self.text_normalization!r}"
@@ -176,6 +193,8 @@ class ModelArguments:
                 weights[task.strip()] = None
             if weights[task.strip()] is None:
                 raise ArgumentError(f"--loss_weights item {item!r} is not TASK=NUMBER (e.g. 'topic=1.0,sentiment=2.0')")
+            if not 0 <= weights[task.strip()] < math.inf:
+                raise ArgumentError(f"--loss_weights item {item!r}: a weight must be a number >= 0")
         return weights
 
     def config_settings(self):
@@ -213,6 +232,11 @@ def task_specs(text, option):
             raise ArgumentError(
                 f"--{option}: task {task!r} is {json.dumps(spec)}; expected a list of labels or "
                 '{"labels": [...], "multi_label": true}'
+            )
+        if task in RESERVED_TASK_NAMES:
+            raise ArgumentError(
+                f"--{option}: task name {task!r} is reserved (predict.py's output lines use the keys "
+                f"{', '.join(RESERVED_TASK_NAMES)} beside the task names); give the task another name"
             )
         tasks[task] = labels
         if multi_label:
@@ -257,7 +281,7 @@ class DataArguments:
                 raise ArgumentError(f"--{name} must be >= 1 (leave it out for no cap), got {getattr(self, name)}")
         if self.task_sampling not in ("proportional", "temperature"):
             raise ArgumentError(f"--task_sampling must be proportional or temperature, got {self.task_sampling!r}")
-        if self.sampling_temperature <= 0:
+        if not self.sampling_temperature > 0:  # NaN too
             raise ArgumentError(f"--sampling_temperature must be > 0, got {self.sampling_temperature}")
         self.eval_sets()  # every --eval_file item is NAME:ENTRY, and no set takes the validation set's name
 
@@ -368,8 +392,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_train_epochs < 0:
+        if not 0 <= self.num_train_epochs < math.inf:
             raise ArgumentError(f"--num_train_epochs must be >= 0, got {self.num_train_epochs:g}")
+        self.check_optimizer_options()
         for name in ("seed", "data_seed"):  # numpy's range; outside it the data shuffle fails with a traceback
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 2**32:
                 raise ArgumentError(f"--{name} must be in [0, 2**32 - 1], got {getattr(self, name)}")
@@ -385,6 +410,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
             # best-model selection needs evaluations; without them the last model is kept
             logger.warning("--eval_strategy no: best-model selection is off, the model of the last step is kept")
             self.load_best_model_at_end = False
+        if self.disable_tqdm is None and not (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty()):
+            self.disable_tqdm = True  # a log file or a pipe gets no progress bars (their \r and escape codes)
         if not self.use_cpu and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator: off, instead of a warning per epoch
         try:
@@ -394,8 +421,25 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if self.use_cpu:
             self.dataloader_pin_memory = False
 
+    def check_optimizer_options(self):
+        """Numbers the optimizer, the scheduler and the data loader would refuse only once the model is built."""
+        if not 0 < self.learning_rate < math.inf:
+            raise ArgumentError(f"--learning_rate must be a number > 0, got {self.learning_rate:g}")
+        for name in ("weight_decay", "adam_epsilon", "warmup_steps"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ArgumentError(f"--{name} must be a number >= 0, got {getattr(self, name):g}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be in [0, 1), got {getattr(self, name):g}")
+        if math.isnan(self.max_grad_norm):
+            raise ArgumentError("--max_grad_norm must be a number (0 or less: no clipping), got nan")
+        if self.dataloader_num_workers < 0:
+            raise ArgumentError(f"--dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
+        if self.eval_accumulation_steps is not None and self.eval_accumulation_steps < 1:
+            raise ArgumentError(f"--eval_accumulation_steps must be >= 1, got {self.eval_accumulation_steps}")
+
     def check_robustness_options(self):
-        if self.linear_probe_epochs < 0:
+        if not 0 <= self.linear_probe_epochs < math.inf:
             raise ArgumentError(f"--linear_probe_epochs must be >= 0, got {self.linear_probe_epochs:g}")
         if self.linear_probe_epochs and self.max_steps <= 0 and self.linear_probe_epochs >= self.num_train_epochs:
             raise ArgumentError(
@@ -475,8 +519,19 @@ def model_config(model_args):
         return MultiTaskConfig(**{**saved.to_dict(), **changes})  # validated like a new config
     except ArgumentError:
         raise
-    except ValueError as e:  # MultiTaskConfig's checks name the field and the value
-        raise ArgumentError(str(e)) from None
+    except ValueError as e:  # MultiTaskConfig's checks name the field and the value: name the flag instead
+        raise ArgumentError(flag_message(str(e), "add_tasks" if model_args.add_tasks else "tasks")) from None
+
+
+def flag_message(message, tasks_flag):
+    """A MultiTaskConfig error (which names the config field) as a message about the flag that set it."""
+    for name in ("pooling", "classifier_dropout", "head_hidden_size", "head_activation", "task_layers",
+                 "loss_weights", "max_seq_length"):  # fmt: skip
+        if message.startswith(name):
+            return f"--{message}"
+    if message.startswith(("task", "multi_label_tasks", "loss weight")):
+        return f"--{tasks_flag}: {message}"
+    return message
 
 
 def backbone_name(name_or_path):
@@ -623,18 +678,23 @@ def save_final(trainer, output_dir):
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # every process takes part (sharded states); only the main one writes
-    if trainer.is_world_process_zero():
-        save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
-        # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
-        mode = 0o666 & ~current_umask()  # some writers (safetensors) make 0600 files; give the folder's usual mode
-        (output_dir / "config.json").unlink(missing_ok=True)
-        for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
-            os.chmod(path, mode)
-            os.replace(path, output_dir / path.name)
-        tmp.rmdir()
+    try:
+        trainer.save_model(str(tmp))  # every process takes part (sharded states); only the main one writes
+        if trainer.is_world_process_zero():
+            save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
+            # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
+            (tmp / "training_args.bin").unlink(missing_ok=True)
+            (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
+            mode = 0o666 & ~current_umask()  # some writers (safetensors) make 0600 files; give the folder's usual mode
+            (output_dir / "config.json").unlink(missing_ok=True)
+            for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
+                os.chmod(path, mode)
+                os.replace(path, output_dir / path.name)
+            tmp.rmdir()
+    except BaseException:  # a full disk, Ctrl-C: no half-written model left behind in the temporary folder
+        if trainer.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     trainer.accelerator.wait_for_everyone()
 
 
@@ -678,11 +738,69 @@ def file_sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if os.path.isfile(path) else "missing"
 
 
-def check_output_dir(training_args, settings):
-    """Refuse, before anything is read or written, an output folder that holds another run, or a checkpoint to
-    resume from that does not exist or belongs to another run."""
+# What train.py writes in its output folder (itself, through Trainer, save_pretrained and the tokenizer), and what
+# export_onnx.py adds to a model: the only names --overwrite_output_dir removes. A folder is train.py's only if it
+# holds its run record (run.json) and nothing else.
+RUN_OUTPUTS = (
+    RUN_RECORD, f".{RUN_RECORD}.tmp", ".tmp-final-model", f"{PREFIX_CHECKPOINT_DIR}-*", "runs", "onnx",
+    "README.md", "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "configuration_multitask.py", "modeling_multitask.py", "pipeline_multitask.py",
+    "text_normalization.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.model", "all_results.json", "train_results.json", "eval_results.json", "test_results.json",
+    PER_LABEL_RESULTS, "trainer_state.json", "training_args.json", "training_args.bin",
+)  # fmt: skip
+
+
+def is_run_output(name):
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_OUTPUTS)
+
+
+def forbidden_output_dir(out, model_args, data_args):
+    """Why `out` can never be an output folder (a folder train.py would write into and --overwrite_output_dir
+    empty), or None: the root, the home folder, this repository, the current directory, a git repository, or a
+    folder that holds an input (a data file, the model or encoder read)."""
+    target = Path(os.path.realpath(out))
+
+    def holds(path):  # `out` is `path` or one of the folders above it
+        path = Path(os.path.realpath(path))
+        return target == path or target in path.parents
+
+    def what(path, name):
+        return f"is {name}" if target == Path(os.path.realpath(path)) else f"holds {name} ({path})"
+
+    if target == Path(target.anchor):
+        return "is the root folder"
+    for path, name in ((Path.home(), "your home folder"), (REPO_DIR, "this repository"), (Path.cwd(), "the current directory")):  # fmt: skip
+        if holds(path):
+            return what(path, name)
+    if (target / ".git").exists():
+        return "is a git repository (it holds .git)"
+    inputs = [(f"--{name}", entry_path(e)) for name in ("train_file", "validation_file", "test_file", "eval_file")
+              for e in getattr(data_args, name)]  # fmt: skip
+    for flag in ("model_name_or_path", "backbone"):
+        source = getattr(model_args, flag)
+        if source and source != BUNDLED and os.path.isdir(source):
+            inputs.append((f"--{flag}", os.path.join(source, "config.json")))
+    for flag, path in inputs:
+        if holds(Path(os.path.realpath(path)).parent):
+            return f"holds {flag} {path}"
+    return None
+
+
+def check_output_dir(model_args, data_args, training_args, settings):
+    """Refuse, before anything is read or written, an output folder that train.py must not write into or may not
+    replace, one that holds another run, or a checkpoint to resume from that does not exist or belongs to another
+    run. `--overwrite_output_dir` replaces only a folder of train.py (its run record and nothing but what train.py
+    writes); every refusal names only the options that would be accepted."""
     out = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
+    forbidden = forbidden_output_dir(out, model_args, data_args)
+    if forbidden:
+        raise ArgumentError(
+            f"--output_dir {out}: {forbidden}; train.py writes (and --overwrite_output_dir empties) a folder of its "
+            "own: choose another --output_dir, e.g. outputs/NAME"
+        )
     if resume and resume != "last":
         if not (Path(resume) / "trainer_state.json").is_file():
             raise ArgumentError(
@@ -694,32 +812,109 @@ def check_output_dir(training_args, settings):
                 f"--resume_from_checkpoint {resume}: written by a run with other settings: "
                 + "; ".join(setting_differences(recorded, settings))
             )
-    if training_args.overwrite_output_dir or not (out.is_dir() and any(out.iterdir())):
+    if not (out.is_dir() and any(out.iterdir())):
         return
     recorded = read_run_record(out)
-    if not resume:
+    foreign = sorted(path.name for path in out.iterdir() if not is_run_output(path.name))
+    finished = recorded is not None and (out / "config.json").is_file()  # save_final moves config.json in last
+    replaceable = recorded is not None and not foreign
+    if resume and training_args.overwrite_output_dir and (resume == "last" or holds_path(out, resume)):
         raise ArgumentError(
-            f"--output_dir {out}: is not empty ({'holds an earlier run' if recorded else 'not a folder of train.py'}); "
-            "--resume_from_checkpoint last continues that run, --overwrite_output_dir replaces it, or choose another "
-            "--output_dir"
+            f"--resume_from_checkpoint {resume} and --overwrite_output_dir: the checkpoint would be removed before "
+            "training resumes from it; drop one of them"
+        )
+    if training_args.overwrite_output_dir and replaceable:
+        return
+    if recorded is None:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ArgumentError(
+            f"--output_dir {out}: is not empty and holds no run of train.py (no {RUN_RECORD}; it holds {shown}); "
+            "train.py replaces nothing it did not write, even with --overwrite_output_dir: choose another --output_dir"
+        )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        ways = "--resume_from_checkpoint last continues its run, or choose" if not finished else "choose"
+        if not resume or finished:
+            raise ArgumentError(
+                f"--output_dir {out}: holds an earlier run and files train.py did not write ({shown}), which "
+                f"--overwrite_output_dir would not remove; {ways} another --output_dir"
+            )
+    if not resume:
+        if finished:
+            raise ArgumentError(
+                f"--output_dir {out}: is not empty (holds a finished run: its model); --overwrite_output_dir replaces "
+                "it, or choose another --output_dir"
+            )
+        raise ArgumentError(
+            f"--output_dir {out}: is not empty (holds an unfinished run); --resume_from_checkpoint last continues "
+            "it, --overwrite_output_dir replaces it, or choose another --output_dir"
+        )
+    if finished and resume == "last":
+        raise ArgumentError(
+            f"--output_dir {out}: holds a finished run (its model is saved): nothing to resume; --overwrite_output_dir "
+            "replaces it, or choose another --output_dir"
         )
     if recorded != settings:
-        found = setting_differences(recorded, settings) if recorded else ["it holds no run record (run.json)"]
         raise ArgumentError(
             f"--output_dir {out}: holds a run with other settings, which cannot be resumed with these: "
-            f"{'; '.join(found)}; use the settings it was started with, --overwrite_output_dir, or another --output_dir"
+            f"{'; '.join(setting_differences(recorded, settings))}; use the settings it was started with, "
+            f"{'--overwrite_output_dir, ' if not foreign else ''}or another --output_dir"
         )
+
+
+def holds_path(folder, path):
+    """Whether `path` is `folder` or lies below it (symlinks resolved)."""
+    folder, path = Path(os.path.realpath(folder)), Path(os.path.realpath(path))
+    return path == folder or folder in path.parents
 
 
 def start_output_dir(training_args, settings):
-    """Empty the output folder if asked (after every check has passed), and record this run's settings in it."""
+    """Empty the output folder if asked (after every check has passed: only the names train.py writes), and record
+    this run's settings in it. Returns what the folder held before this run wrote anything (None: it did not exist),
+    for `removed_if_unfinished`."""
     out = Path(training_args.output_dir)
     if training_args.overwrite_output_dir and out.is_dir():
-        logger.warning("--overwrite_output_dir: removing the contents of %s", out)
+        logger.warning("--overwrite_output_dir: removing the earlier run in %s", out)
         for path in out.iterdir():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_record(out, settings)
+            if is_run_output(path.name):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    before = set(os.listdir(out)) if out.is_dir() else None
+    created = [p for p in (out, *out.parents) if not p.exists()]  # the folders this run makes, deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_record(out, settings)
+    except OSError as e:
+        remove_new_entries(out, before, created)
+        raise OutputError(f"--output_dir {out}: cannot write there ({e.strerror or e})") from None
+    return before, created
+
+
+def remove_new_entries(out, before, created):
+    """Take back what a run wrote in `out`: every entry not in `before`, or the folders it created."""
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        for folder in created[1:]:  # the parents it made, if nothing else went into them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        return
+    for path in Path(out).iterdir() if Path(out).is_dir() else ():
+        if path.name not in before:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+@contextmanager
+def removed_if_unfinished(training_args, settings, written):
+    """A run that stops before its first complete checkpoint (a full disk, Ctrl-C, a failure) takes back what it
+    wrote, so the same command, or a corrected one, starts again instead of being refused as an earlier run. A run
+    with a complete checkpoint keeps everything: `--resume_from_checkpoint last` continues it."""
+    try:
+        yield
+    except BaseException:
+        if written is not None and last_complete_checkpoint(training_args.output_dir, settings) is None:
+            remove_new_entries(Path(training_args.output_dir), *written)
+        raise
 
 
 def remove_checkpoints(output_dir):
@@ -754,6 +949,7 @@ def main(argv=None):
         log_level = min(log_level, logging.INFO)
     transformers.utils.logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(log_level if training_args.verbose else max(log_level, logging.WARNING))
+    show_progress_bars(not training_args.disable_tqdm)
 
     logger.info(
         "process %d of %d (world size %d), device %s",
@@ -764,7 +960,7 @@ def main(argv=None):
     )
     # Check the settings, the output folder and all data before anything is built or written.
     settings = run_settings(model_args, data_args, training_args)
-    check_output_dir(training_args, settings)
+    check_output_dir(model_args, data_args, training_args, settings)
     config = model_config(model_args)
     if training_args.distill_weight and not model_args.model_name_or_path:
         raise ArgumentError(
@@ -774,8 +970,16 @@ def main(argv=None):
     depth = getattr(config.backbone_config, "num_hidden_layers", None)
     if depth is not None and model_args.freeze_layers > depth:
         raise ArgumentError(f"--freeze_layers {model_args.freeze_layers}, but the encoder has {depth} layers")
+    unknown = [task for task in model_args.freeze_heads if task not in config.tasks]
+    if unknown:
+        raise ArgumentError(
+            f"--freeze_heads names unknown task(s) {unknown}; the model's tasks are {list(config.tasks)}"
+        )
+    tokenizer = load_tokenizer(model_args, config)
+    check_sequence_length(model_args, config, tokenizer)
     eval_entries = data_args.eval_sets()
     selection_sets = training_args.selection_set_names(eval_entries)
+    check_metric_for_best_model(training_args, config, eval_entries if data_args.eval_file else {})
     tasks = config.tasks
     split_kwargs = {
         "strategy": data_args.task_sampling,
@@ -819,15 +1023,6 @@ def main(argv=None):
         if training_args.wise_ft_alpha < 1.0
         else None
     )
-    tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
-    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
-    try:
-        tokenizer = add_text_normalization(tokenizer, model_args.text_normalization)
-    except ValueError as e:
-        raise ArgumentError(str(e)) from None
-    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
-        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
     model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a notice) otherwise
 
     def tokenize(batch):
@@ -845,72 +1040,88 @@ def main(argv=None):
     named_sets = list(eval_splits) if data_args.eval_file else []
     eval_ds = eval_splits if named_sets else eval_splits.get("validation")
 
+    written = None  # what the output folder held before this run wrote into it (only the main process writes)
     with training_args.main_process_first(desc="output folder"):
         if training_args.should_save:
-            start_output_dir(training_args, settings)
+            written = start_output_dir(training_args, settings)
 
     training_args.label_names = [f"labels_{task}" for task in tasks]
     if eval_ds is None:
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
-    trainer = MultiTaskTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=make_compute_metrics(list(tasks), model.config),  # reads the thresholds tuned below
-        head_learning_rate=model_args.head_learning_rate,
-        layerwise_lr_decay=model_args.layerwise_lr_decay,
-        selection_sets=selection_sets,
-        batch_by_task=data_args.batch_by_task,
-        teacher=teacher,
-        distill_tasks=distill_tasks,
-        distill_weight=training_args.distill_weight,
-        distill_temperature=training_args.distill_temperature,
-    )
-
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = last_complete_checkpoint(training_args.output_dir, settings)
-        logger.info("resuming from %s", resume or "scratch (no complete checkpoint of this run yet)")
-    trainer.add_callback(RunRecordCallback(settings))
-    if training_args.linear_probe_epochs:
-        trainer.add_callback(LinearProbeCallback(training_args.linear_probe_epochs))
-    if training_args.weight_averaging != "none":
-        trainer.add_callback(
-            WeightAveragingCallback(training_args.weight_averaging, training_args.ema_decay, training_args.swa_start)
+    with removed_if_unfinished(training_args, settings, written):
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=make_compute_metrics(list(tasks), model.config),  # reads the thresholds tuned below
+            head_learning_rate=model_args.head_learning_rate,
+            layerwise_lr_decay=model_args.layerwise_lr_decay,
+            selection_sets=selection_sets,
+            batch_by_task=data_args.batch_by_task,
+            teacher=teacher,
+            distill_tasks=distill_tasks,
+            distill_weight=training_args.distill_weight,
+            distill_temperature=training_args.distill_temperature,
         )
-    try:
-        train_result = trainer.train(resume_from_checkpoint=resume)
-    except KeyboardInterrupt:
-        for callback in trainer.callback_handler.callbacks:  # close the progress bar now, not after our message
-            if getattr(callback, "training_bar", None) is not None:
-                callback.training_bar.close()
-        newest = last_complete_checkpoint(training_args.output_dir, settings)
-        how = (
-            f"the newest checkpoint is {newest}: run the same command with --resume_from_checkpoint last to go on"
-            if newest
-            else "no checkpoint was written yet: run the same command with --overwrite_output_dir to start again"
-        )
-        raise Interrupted(f"at step {trainer.state.global_step} of {trainer.state.max_steps}; {how}") from None
-    if trainer.state.global_step == 0:
-        raise ArgumentError("training ran 0 steps; nothing was saved (check --max_steps, --num_train_epochs, the data)")
-    metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
-    if initial_encoder is not None:
-        alpha = training_args.wise_ft_alpha
-        wise_ft(trainer.model, initial_encoder, alpha)
-        logger.info("WiSE-FT: the encoder is %g x fine-tuned + %g x initial", alpha, 1 - alpha)
-    validation_ds = eval_splits.get("validation")
-    if validation_ds is not None and trainer.tune_thresholds(validation_ds):  # multi-label: thresholds into the config
-        logger.info("decision thresholds tuned on the validation set: %s", model.config.label_thresholds)
-    if eval_ds is not None:
-        metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
-    if test_ds is not None:
-        metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
+        resume = training_args.resume_from_checkpoint
+        if resume == "last":
+            resume = last_complete_checkpoint(training_args.output_dir, settings)
+            logger.info("resuming from %s", resume or "scratch (no complete checkpoint of this run yet)")
+        trainer.add_callback(RunRecordCallback(settings))
+        if training_args.linear_probe_epochs:
+            trainer.add_callback(LinearProbeCallback(training_args.linear_probe_epochs))
+        if training_args.weight_averaging != "none":
+            trainer.add_callback(
+                WeightAveragingCallback(
+                    training_args.weight_averaging, training_args.ema_decay, training_args.swa_start
+                )
+            )
+        try:
+            train_result = trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            for callback in trainer.callback_handler.callbacks:  # close the progress bar now, not after our message
+                if getattr(callback, "training_bar", None) is not None:
+                    callback.training_bar.close()
+            raise Interrupted(
+                f"at step {trainer.state.global_step} of {trainer.state.max_steps}; "
+                + how_to_go_on(training_args, settings, "--resume_from_checkpoint last to go on")
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OutputError(
+                f"{training_args.output_dir}: {e.strerror} while writing a checkpoint; free some space and "
+                + how_to_go_on(training_args, settings, "--resume_from_checkpoint last to go on")
+            ) from None
+        if trainer.state.global_step == 0:
+            raise ArgumentError(
+                "training ran 0 steps; nothing was saved (check --max_steps, --num_train_epochs, the data)"
+            )
+        metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
+        if initial_encoder is not None:
+            alpha = training_args.wise_ft_alpha
+            wise_ft(trainer.model, initial_encoder, alpha)
+            logger.info("WiSE-FT: the encoder is %g x fine-tuned + %g x initial", alpha, 1 - alpha)
+        validation_ds = eval_splits.get("validation")
+        if validation_ds is not None and trainer.tune_thresholds(validation_ds):  # multi-label: thresholds in config
+            logger.info("decision thresholds tuned on the validation set: %s", model.config.label_thresholds)
+        if eval_ds is not None:
+            metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
+        if test_ds is not None:
+            metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
+        try:
+            save_final(trainer, training_args.output_dir)
+        except OSError as e:
+            raise OutputError(
+                f"{training_args.output_dir}: {e.strerror or e} while saving the final model (nothing of it was "
+                "kept); free some space and "
+                + how_to_go_on(training_args, settings, "--resume_from_checkpoint last to save it")
+            ) from None
 
-    save_final(trainer, training_args.output_dir)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
         if trainer.per_label_results:  # multi-label tasks: precision, recall, F1, support, threshold per label
@@ -929,10 +1140,85 @@ def main(argv=None):
     return metrics
 
 
+def how_to_go_on(training_args, settings, resume):
+    """What the user runs after a run stopped short: resume from its newest complete checkpoint, or (when it had
+    none, and `removed_if_unfinished` took back what it wrote) the same command again."""
+    newest = last_complete_checkpoint(training_args.output_dir, settings)
+    if newest:
+        return f"run the same command with {resume} (the newest checkpoint is {newest})"
+    return "run the same command to start again (no checkpoint was written yet; the run's files are removed)"
+
+
+def show_progress_bars(show):
+    """Progress bars of Trainer (disable_tqdm), datasets, transformers' weight loading and the Hub, all on or off."""
+    import huggingface_hub.utils
+
+    if show:
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
+
+def load_tokenizer(model_args, config):
+    """The tokenizer of the model to train (the saved model's, or the encoder's) with `--text_normalization`."""
+    tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
+    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=config.backbone_config)
+    try:
+        tokenizer = add_text_normalization(tokenizer, model_args.text_normalization)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
+        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
+    return tokenizer
+
+
+def encoder_limit(config, tokenizer):
+    """The most tokens the encoder reads: its position table (max_position_embeddings) or the tokenizer's
+    model_max_length, whichever is smaller (RoBERTa-style encoders keep two positions for themselves); None when
+    neither says."""
+    limits = [getattr(config.backbone_config, "max_position_embeddings", None), tokenizer.model_max_length]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]  # transformers' "no limit" is 1e30
+    return min(limits) if limits else None
+
+
+def check_sequence_length(model_args, config, tokenizer):
+    """Refuse a --max_seq_length above what the encoder reads; the default (128) is lowered to it."""
+    limit = encoder_limit(config, tokenizer)
+    if limit is None or config.max_seq_length is None or config.max_seq_length <= limit:
+        return
+    if model_args.max_seq_length is not None:
+        raise ArgumentError(f"--max_seq_length {model_args.max_seq_length}: the encoder reads at most {limit} tokens")
+    logger.info("max_seq_length %d is above the encoder's limit: %d", config.max_seq_length, limit)
+    config.max_seq_length = limit
+
+
+def check_metric_for_best_model(training_args, config, named_sets):
+    """Refuse a --metric_for_best_model that no evaluation reports (it would fail at the first evaluation)."""
+    name = training_args.metric_for_best_model
+    if not name or not (training_args.load_best_model_at_end or str(training_args.save_strategy).endswith("best")):
+        return
+    per_task = ["accuracy", "f1"]
+    known = ["loss", "mean_accuracy", "mean_f1"] + [
+        f"{task}_{metric}"
+        for task in config.tasks
+        for metric in per_task + (["micro_f1", "f1_untuned"] if task in config.multi_label_tasks else [])
+    ]
+    known += [f"{s}_{metric}" for s in named_sets for metric in known]
+    if name.removeprefix("eval_") not in known:
+        raise ArgumentError(
+            f"--metric_for_best_model {name}: no evaluation reports it; it may be one of {', '.join(known[:8])}, ..."
+        )
+
+
 def cli():
     try:
         main()
-    except (DataError, ArgumentError) as e:
+    except (DataError, ArgumentError, OutputError) as e:
         sys.exit(f"error: {e}")
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
