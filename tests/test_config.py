@@ -97,8 +97,18 @@ def test_backbone_config_from_dict():
         ),
         pytest.param(
             {"loss_weights": {"topic": -1.0}},
-            "loss weight of task 'topic' must be >= 0, got -1.0",
+            "loss weight of task 'topic' must be a number >= 0, got -1.0",
             id="negative-weight",
+        ),
+        pytest.param(
+            {"loss_weights": {"topic": float("nan")}},
+            "loss weight of task 'topic' must be a number >= 0, got nan",
+            id="nan-weight",
+        ),
+        pytest.param(
+            {"tasks": {"topic": ["a", "b"], "id": ["a", "b"]}},
+            "task name 'id' is reserved: predict.py's output lines use the keys ['line', 'id', 'embedding']",
+            id="reserved-task-name",
         ),
         pytest.param(
             {"tasks": {"my-task": ["a", "b"]}}, "task name 'my-task' is not a Python identifier", id="task-name-dash"

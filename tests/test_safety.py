@@ -210,15 +210,15 @@ def test_train_refuses_a_folder_with_another_run_and_overwrite_replaces_it(train
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     message = one_line_error(command("train.py", *tiny_args(backbone_dir, out, *QUICK)))
-    assert message.startswith(f"error: --output_dir {out}: is not empty (holds an earlier run);")
+    assert message.startswith(f"error: --output_dir {out}: is not empty (holds a finished run: its model);")
     assert "--overwrite_output_dir replaces it" in message
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
-    # resuming the old run with other settings is refused too, naming what differs
+    # a finished run has nothing to resume (resuming would train again over its model)
     message = one_line_error(
         command("train.py", *tiny_args(backbone_dir, out, *QUICK, "--resume_from_checkpoint", "last"))
     )
-    assert "holds a run with other settings" in message and "max_steps" in message
+    assert "holds a finished run (its model is saved): nothing to resume" in message
 
     replaced = command("train.py", *tiny_args(backbone_dir, out, *QUICK, "--overwrite_output_dir"))
     assert replaced.returncode == 0, replaced.stderr[-3000:]
