@@ -1102,38 +1102,57 @@ def main(argv=None):
                 "training ran 0 steps; nothing was saved (check --max_steps, --num_train_epochs, the data)"
             )
         metrics = {f"train_{k}" if not k.startswith("train_") else k: v for k, v in train_result.metrics.items()}
-        if initial_encoder is not None:
-            alpha = training_args.wise_ft_alpha
-            wise_ft(trainer.model, initial_encoder, alpha)
-            logger.info("WiSE-FT: the encoder is %g x fine-tuned + %g x initial", alpha, 1 - alpha)
-        validation_ds = eval_splits.get("validation")
-        if validation_ds is not None and trainer.tune_thresholds(validation_ds):  # multi-label: thresholds in config
-            logger.info("decision thresholds tuned on the validation set: %s", model.config.label_thresholds)
-        if eval_ds is not None:
-            metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
-        if test_ds is not None:
-            metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
+        finish = "--resume_from_checkpoint last to finish it"
         try:
+            if initial_encoder is not None:
+                alpha = training_args.wise_ft_alpha
+                wise_ft(trainer.model, initial_encoder, alpha)
+                logger.info("WiSE-FT: the encoder is %g x fine-tuned + %g x initial", alpha, 1 - alpha)
+            validation_ds = eval_splits.get("validation")
+            if validation_ds is not None and trainer.tune_thresholds(validation_ds):  # multi-label: thresholds
+                logger.info("decision thresholds tuned on the validation set: %s", model.config.label_thresholds)
+            if eval_ds is not None:
+                metrics.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
+            if test_ds is not None:
+                metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
             save_final(trainer, training_args.output_dir)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"after training ({trainer.state.global_step} steps), before the model was saved; "
+                + how_to_go_on(training_args, settings, finish)
+            ) from None
         except OSError as e:
             raise OutputError(
-                f"{training_args.output_dir}: {e.strerror or e} while saving the final model (nothing of it was "
-                "kept); free some space and "
-                + how_to_go_on(training_args, settings, "--resume_from_checkpoint last to save it")
+                f"{training_args.output_dir}: {e.strerror or e} while saving the final model (the model is not "
+                "saved); free some space and " + how_to_go_on(training_args, settings, finish)
             ) from None
 
-    if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics)
-        if trainer.per_label_results:  # multi-label tasks: precision, recall, F1, support, threshold per label
-            (Path(training_args.output_dir) / PER_LABEL_RESULTS).write_text(
-                json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
+    # The model is saved: what follows (results, model card, removing the checkpoints) never loses it.
+    again = "the model is saved; run the same command with --overwrite_output_dir to write everything again"
+    try:
+        if trainer.is_world_process_zero():
+            trainer.save_metrics("all", metrics)
+            if trainer.per_label_results:  # multi-label tasks: precision, recall, F1, support, threshold per label
+                (Path(training_args.output_dir) / PER_LABEL_RESULTS).write_text(
+                    json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
+                )
+            trainer.save_state()
+            card = model_card(
+                trainer.model, trainer.processing_class, model_args, data_args, metrics, shown_command(argv)
             )
-        trainer.save_state()
-        card = model_card(trainer.model, trainer.processing_class, model_args, data_args, metrics, shown_command(argv))
-        card.save(Path(training_args.output_dir) / "README.md")
-        if not training_args.keep_checkpoints:
-            remove_checkpoints(training_args.output_dir)
-        logger.info("results (%s):\n%s", training_args.output_dir, results_table(metrics, tasks, named_sets))
+            card.save(Path(training_args.output_dir) / "README.md")
+            if not training_args.keep_checkpoints:
+                remove_checkpoints(training_args.output_dir)
+            logger.info("results (%s):\n%s", training_args.output_dir, results_table(metrics, tasks, named_sets))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"while writing the results and the model card in {training_args.output_dir}; {again}"
+        ) from None
+    except OSError as e:
+        raise OutputError(
+            f"{training_args.output_dir}: {e.strerror or e} while writing the results and the model card; free some "
+            f"space: {again}"
+        ) from None
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Multi-task sentence classifier")

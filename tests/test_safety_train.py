@@ -286,8 +286,8 @@ def test_a_full_disk_at_the_final_save_says_how_to_resume(backbone_dir, tmp_path
     disk_freed = full_disk_at_the_final_save(monkeypatch)
     status, message = run_cli(monkeypatch, args)
     assert status == 1 and message == (
-        f"error: {out}: No space left on device while saving the final model (nothing of it was kept); free some "
-        f"space and run the same command with --resume_from_checkpoint last to save it (the newest checkpoint is "
+        f"error: {out}: No space left on device while saving the final model (the model is not saved); free some "
+        f"space and run the same command with --resume_from_checkpoint last to finish it (the newest checkpoint is "
         f"{out / 'checkpoint-2'})"
     )
     assert not (out / ".tmp-final-model").exists() and not (out / "model.safetensors").exists()
@@ -303,7 +303,7 @@ def test_a_full_disk_before_any_checkpoint_leaves_nothing_behind(backbone_dir, t
     disk_freed = full_disk_at_the_final_save(monkeypatch)
     status, message = run_cli(monkeypatch, args)
     assert status == 1 and message == (
-        f"error: {out}: No space left on device while saving the final model (nothing of it was kept); free some "
+        f"error: {out}: No space left on device while saving the final model (the model is not saved); free some "
         "space and run the same command to start again (no checkpoint was written yet; the run's files are removed)"
     )
     assert not (tmp_path / "new").exists()
@@ -335,6 +335,44 @@ def test_a_run_stopped_before_its_first_checkpoint_takes_back_what_it_wrote(
             run_cli(monkeypatch, args)
     assert out.is_dir() and not list(out.iterdir())
     monkeypatch.setattr(trainer_multitask.MultiTaskTrainer, "train", train_)
+
+
+def test_ctrl_c_while_saving_the_final_model_says_what_to_do(backbone_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(backbone_dir, out, *QUICK)
+    save_model = trainer_multitask.MultiTaskTrainer.save_model
+
+    def interrupted(self, output_dir=None, *a, **k):
+        if str(output_dir).endswith(".tmp-final-model"):
+            raise KeyboardInterrupt
+        return save_model(self, output_dir, *a, **k)
+
+    monkeypatch.setattr(trainer_multitask.MultiTaskTrainer, "save_model", interrupted)
+    assert run_cli(monkeypatch, args) == (130, None)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted: after training (2 steps), before the model was saved; run the same command to start again (no "
+        "checkpoint was written yet; the run's files are removed)"
+    )
+    assert not out.exists()
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line(backbone_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = tiny_args(backbone_dir, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+                     "--eval_strategy", "no")  # fmt: skip
+    save_checkpoint = trainer_multitask.MultiTaskTrainer._save_checkpoint
+
+    def full_at_the_second(self, *a, **k):
+        if self.state.global_step > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save_checkpoint(self, *a, **k)
+
+    monkeypatch.setattr(trainer_multitask.MultiTaskTrainer, "_save_checkpoint", full_at_the_second)
+    assert run_cli(monkeypatch, args) == (
+        1,
+        f"error: {out}: No space left on device while writing a checkpoint; free some space and run the same command "
+        f"with --resume_from_checkpoint last to go on (the newest checkpoint is {out / 'checkpoint-2'})",
+    )
 
 
 # ----- progress bars ----------------------------------------------------------------------------------------------------
