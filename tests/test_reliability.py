@@ -79,8 +79,8 @@ def test_same_seed_same_weights_and_metrics(backbone_dir, tmp_path):
 
 def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    args = tiny_args(backbone_dir, out, "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "no",
-                     "--load_best_model_at_end", "false")  # fmt: skip
+    args = tiny_args(backbone_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2",
+                     "--eval_strategy", "no", "--load_best_model_at_end", "false", "--keep_checkpoints")  # fmt: skip
     train.main(args)
     assert (out / "config.json").is_file()  # a complete earlier model is in place
 
@@ -95,8 +95,8 @@ def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir,
         real_replace(src, dst)
 
     monkeypatch.setattr(train.os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):  # the same run again in its folder (no checkpoint: from the start)
-        train.main([*args, "--resume_from_checkpoint", "last"])
+    with pytest.raises(train.Interrupted):  # the run saved again over its model, from its last checkpoint
+        train.main([*args, "--resume_from_checkpoint", str(out / "checkpoint-2")])
     assert "config.json" not in moved and not (out / "config.json").exists()
     with pytest.raises((OSError, ValueError)):  # what users call: no config.json, nothing to load
         AutoModel.from_pretrained(out, trust_remote_code=True)
