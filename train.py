@@ -763,8 +763,7 @@ def forbidden_output_dir(out, model_args, data_args):
     target = Path(os.path.realpath(out))
 
     def holds(path):  # `out` is `path` or one of the folders above it
-        path = Path(os.path.realpath(path))
-        return target == path or target in path.parents
+        return holds_path(target, path)
 
     def what(path, name):
         return f"is {name}" if target == Path(os.path.realpath(path)) else f"holds {name} ({path})"
@@ -772,7 +771,7 @@ def forbidden_output_dir(out, model_args, data_args):
     if target == Path(target.anchor):
         return "is the root folder"
     for path, name in ((Path.home(), "your home folder"), (REPO_DIR, "this repository"), (Path.cwd(), "the current directory")):  # fmt: skip
-        if holds(path):
+        if holds(path) and Path(os.path.realpath(path)) != Path(target.anchor):  # a home or cwd of / holds no output
             return what(path, name)
     if (target / ".git").exists():
         return "is a git repository (it holds .git)"
@@ -949,7 +948,8 @@ def main(argv=None):
         log_level = min(log_level, logging.INFO)
     transformers.utils.logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(log_level if training_args.verbose else max(log_level, logging.WARNING))
-    show_progress_bars(not training_args.disable_tqdm)
+    if training_args.disable_tqdm:  # stderr is not a terminal (a log file, a pipe), or --disable_tqdm
+        hide_progress_bars()
 
     logger.info(
         "process %d of %d (world size %d), device %s",
@@ -1168,18 +1168,14 @@ def how_to_go_on(training_args, settings, resume):
     return "run the same command to start again (no checkpoint was written yet; the run's files are removed)"
 
 
-def show_progress_bars(show):
-    """Progress bars of Trainer (disable_tqdm), datasets, transformers' weight loading and the Hub, all on or off."""
+def hide_progress_bars():
+    """No progress bar from datasets, transformers' weight loading or the Hub either (Trainer's: disable_tqdm). Only
+    ever switched off: the libraries' own settings (HF_DATASETS_DISABLE_PROGRESS_BARS, ...) decide otherwise."""
     import huggingface_hub.utils
 
-    if show:
-        datasets.enable_progress_bars()
-        transformers.utils.logging.enable_progress_bar()
-        huggingface_hub.utils.enable_progress_bars()
-    else:
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
-        huggingface_hub.utils.disable_progress_bars()
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def load_tokenizer(model_args, config):

@@ -185,6 +185,14 @@ def test_folders_train_py_never_writes_into(backbone_dir, tmp_path, monkeypatch,
         assert snapshot(tmp_path) == before
 
 
+def test_a_home_or_working_directory_of_root_refuses_only_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", "/")
+    monkeypatch.chdir("/")
+    model_args, data_args = train.ModelArguments(), train.DataArguments()
+    assert train.forbidden_output_dir(tmp_path / "out", model_args, data_args) is None
+    assert train.forbidden_output_dir("/", model_args, data_args) == "is the root folder"
+
+
 def test_the_model_being_continued_is_not_the_output(trained, tmp_path, monkeypatch, nothing_built_or_written):
     saved = tmp_path / "saved"
     shutil.copytree(trained[0], saved)
