@@ -1215,7 +1215,8 @@ def check_sequence_length(model_args, config, tokenizer):
 def check_metric_for_best_model(training_args, config, named_sets):
     """Refuse a --metric_for_best_model that no evaluation reports (it would fail at the first evaluation)."""
     name = training_args.metric_for_best_model
-    if not name or not (training_args.load_best_model_at_end or str(training_args.save_strategy).endswith("best")):
+    save_strategy = getattr(training_args.save_strategy, "value", training_args.save_strategy)
+    if not name or not (training_args.load_best_model_at_end or save_strategy == "best"):
         return
     per_task = ["accuracy", "f1"]
     known = ["loss", "mean_accuracy", "mean_f1"] + [
