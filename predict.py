@@ -1,26 +1,32 @@
 """Label a file of any size with a saved multi-task model: streaming, in input order, restartable.
 
-    python predict.py --model outputs/model --input texts.txt --output predictions.jsonl
-    cat texts.txt | python predict.py --model outputs/model --input - --output predictions.jsonl
+    python predict.py --model outputs/model --input data/test.jsonl --output predictions.jsonl
+    head -n 5 data/test.jsonl | python predict.py --model outputs/model --input - --format jsonl --output first5.jsonl
 
-Input: plain text (one text per line; every line is a text, blank ones included), JSONL (one object per line with a
-`--text_field`; blank lines are skipped) or CSV/TSV with a `--text_field` column; the format comes from the extension
-(stdin is plain text unless `--format` says otherwise). The input is read lazily, `--window` texts at a time; each
+Input: plain text (one text per line), JSONL (one object per line with a `--text_field`; blank lines are skipped) or
+CSV/TSV with a `--text_field` column; the format comes from the extension (stdin, or a pipe such as /dev/stdin, is
+plain text unless `--format` says otherwise). The input is read lazily, `--window` texts at a time; each
 window runs in length-sorted batches and is written in input order, then flushed, so memory does not grow with the
 input.
 
 Output: one JSON object per input text, `{"line": N, "id": ..., "<task>": {"label": ..., "score": ...}, ...}`, where
 `line` is the 1-based line of the input where the text starts, `id` is copied from the input's `--id_field` when it has
-one, and `"embedding": [...]` is added with `--with_embeddings`.
+one, and `"embedding": [...]` is added with `--with_embeddings`. An output that is not a regular file (/dev/stdout, a
+pipe) is written as it goes, with no record beside it and nothing to resume. An input without a text to label writes
+no output and says so.
 
 Restart: run the same command again. `OUTPUT.resume.json` records what the output belongs to (the input's path and
 content hash, the model's path and weights hash, the settings that change a prediction); if it matches, a partial
 last line (left by a kill) is cut off and the run resumes after the input line named by the last complete output
 line, so nothing is written twice or lost. Otherwise the run is refused, naming what differs. The input may not be
-the output itself, and an exclusive lock on the output stops a second writer. Ctrl-C stops with exit status 130 and
-says up to which input line the output is complete.
+the output itself, and an exclusive lock on the output stops a second writer. Stdin (read once) is checked by the hash
+of its first lines: a resume from another stdin is refused before anything is written. While the parts of a run
+shared among processes wait to be merged, the output is refused to a run with another number of processes. Ctrl-C,
+or a write that fails (a full disk), leaves the output cut back to its last whole line, and the one-line message says
+up to which input line it is complete (Ctrl-C: exit status 130); the same command resumes.
 
-Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field): `--on_error fail` (the default)
+Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field, a text with nothing to read: empty,
+or only spaces and invisible characters, see `multitask_data.is_blank`): `--on_error fail` (the default)
 stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts before that line, so a run re-started
 once the line is fixed continues from it; `--on_error skip` logs a warning naming the line and writes nothing for it.
 """
