@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import random
+import unicodedata
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,6 +34,9 @@ FORMATS = {
 }
 TRAINING_FORMATS = ("jsonl", "csv", "tsv", "parquet")  # plain text has no labels
 CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
+BLANK_CATEGORIES = ("Zs", "Zl", "Zp", "Cc", "Cf")  # separators, control and format (zero-width) characters
+NUL = b"\x00"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 UNCLOSED_QUOTE = "unterminated quoted field (a '\"' opened on this line is never closed)"
 
 
@@ -49,6 +53,22 @@ def file_format(path, formats, hint=""):
     return FORMATS[suffix]
 
 
+def is_blank(text):
+    """True when `text` has nothing to read: empty, or only spaces, line breaks, control characters and invisible
+    format characters (a zero-width space, a byte-order mark, a soft hyphen...). The one test of an empty text that
+    every entry point (train.py, predict.py, the demo, `model.predict`) applies."""
+    return all(ch.isspace() or unicodedata.category(ch) in BLANK_CATEGORIES for ch in text)
+
+
+def text_problem(value, name):
+    """Why `value` (the text `name` of a row) cannot be labelled, or None: it is not a str, or it is blank."""
+    if not isinstance(value, str):
+        return f"{name} is {value!r}; expected a string"
+    if is_blank(value):
+        return f"{name} is {value!r}: nothing to read (empty, or only spaces and invisible characters)"
+    return None
+
+
 def location(name, fmt, number):
     """How messages name a row: `FILE:LINE`, or `FILE: row N` for Parquet, which has no lines."""
     return f"{name}: row {number}" if fmt == "parquet" else f"{name}:{number}"
@@ -63,15 +83,17 @@ def iter_rows(source, fmt, name, skip=0, text_field="text"):
     `source` is a path or, except for Parquet, a binary stream (`sys.stdin.buffer`); `name` names it in messages.
     `number` is the 1-based line where the row starts (Parquet: the row's number). Formats:
 
-    - `txt`: every line is a text, blank ones included: `{text_field: the line without its end-of-line}`.
+    - `txt`: every line is a text, blank ones included: `{text_field: the line without its end-of-line}` (a text with
+      nothing to read is the caller's to refuse, with `text_problem`).
     - `jsonl`: one JSON object per line; blank lines are skipped.
     - `csv`, `tsv`: a header naming the columns, which must include `text_field`, then one record per row; a quoted
       field may span lines, and a record is numbered by its first line. Blank lines are skipped.
     - `parquet`: a file, numbered by row.
 
-    Each line is decoded on its own (UTF-8; a BOM on line 1 is dropped), so an undecodable one is reported and the
-    rest still read. Nothing numbered up to `skip` is yielded: txt and jsonl lines up to it are not even decoded,
-    CSV is parsed from the start (a quoted field can span lines). A bad row's `error` has no `FILE:LINE:` prefix (see
+    Each line is decoded on its own (UTF-8; a BOM on line 1 is dropped; a line with a NUL byte, which UTF-16 text
+    read as UTF-8 is full of, is undecodable), so an undecodable one is reported and the rest still read. Nothing
+    numbered up to `skip` is yielded: txt and jsonl lines up to it are not even decoded, CSV is parsed from the start
+    (a quoted field can span lines). A bad row's `error` has no `FILE:LINE:` prefix (see
     `location`); a file that cannot be read at all (missing, CSV header, Parquet) raises DataError.
     """
     if fmt not in FORMATS.values():
@@ -113,10 +135,15 @@ def decoded_lines(stream, skip=0):
     for line_no, raw in enumerate(stream, start=1):
         if line_no <= skip:
             continue
-        try:
-            yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8"), None
-        except UnicodeDecodeError as e:
-            yield line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
+        if line_no == 1 and raw.startswith(UTF16_BOMS):
+            yield line_no, None, "not valid UTF-8 (the file starts with a UTF-16 byte-order mark); save it as UTF-8"
+        elif NUL in raw:  # valid UTF-8, but no text holds NUL characters: UTF-16 text read as bytes, or a binary file
+            yield line_no, None, f"a NUL byte at byte {raw.index(NUL)} (a UTF-16 or binary file?); save it as UTF-8"
+        else:
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8"), None
+            except UnicodeDecodeError as e:
+                yield line_no, None, f"not valid UTF-8 ({e.reason} at byte {e.start})"
 
 
 def _txt_rows(lines, text_field):
@@ -275,7 +302,7 @@ def row_text(row, where):
     if "text" not in row:
         raise DataError(f"{where}: no 'text' column (columns: {sorted(row)})")
     text = row["text"]
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or is_blank(text):
         raise DataError(f"{where}: text is {text!r}; expected a non-empty string")
     return text
 

@@ -1,31 +1,39 @@
 """Label a file of any size with a saved multi-task model: streaming, in input order, restartable.
 
-    python predict.py --model outputs/model --input texts.txt --output predictions.jsonl
-    cat texts.txt | python predict.py --model outputs/model --input - --output predictions.jsonl
+    python predict.py --model outputs/model --input data/test.jsonl --output predictions.jsonl
+    head -n 5 data/test.jsonl | python predict.py --model outputs/model --input - --format jsonl --output first5.jsonl
 
-Input: plain text (one text per line; every line is a text, blank ones included), JSONL (one object per line with a
-`--text_field`; blank lines are skipped) or CSV/TSV with a `--text_field` column; the format comes from the extension
-(stdin is plain text unless `--format` says otherwise). The input is read lazily, `--window` texts at a time; each
+Input: plain text (one text per line), JSONL (one object per line with a `--text_field`; blank lines are skipped) or
+CSV/TSV with a `--text_field` column; the format comes from the extension (stdin, or a pipe such as /dev/stdin, is
+plain text unless `--format` says otherwise). The input is read lazily, `--window` texts at a time; each
 window runs in length-sorted batches and is written in input order, then flushed, so memory does not grow with the
 input.
 
 Output: one JSON object per input text, `{"line": N, "id": ..., "<task>": {"label": ..., "score": ...}, ...}`, where
 `line` is the 1-based line of the input where the text starts, `id` is copied from the input's `--id_field` when it has
-one, and `"embedding": [...]` is added with `--with_embeddings`.
+one, and `"embedding": [...]` is added with `--with_embeddings`. An output that is not a regular file (/dev/stdout, a
+pipe) is written as it goes, with no record beside it and nothing to resume. An input without a text to label writes
+no output and says so.
 
 Restart: run the same command again. `OUTPUT.resume.json` records what the output belongs to (the input's path and
 content hash, the model's path and weights hash, the settings that change a prediction); if it matches, a partial
 last line (left by a kill) is cut off and the run resumes after the input line named by the last complete output
 line, so nothing is written twice or lost. Otherwise the run is refused, naming what differs. The input may not be
-the output itself, and an exclusive lock on the output stops a second writer. Ctrl-C stops with exit status 130 and
-says up to which input line the output is complete.
+the output itself, and an exclusive lock on the output stops a second writer. Stdin (read once) is checked by the hash
+of its first lines: a resume from another stdin is refused before anything is written. While the parts of a run
+shared among processes wait to be merged, the output is refused to a run with another number of processes. Ctrl-C,
+or a write that fails (a full disk), leaves the output cut back to its last whole line, and the one-line message says
+up to which input line it is complete (Ctrl-C: exit status 130); the same command resumes.
 
-Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field): `--on_error fail` (the default)
+Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field, a text with nothing to read: empty,
+or only spaces and invisible characters, see `multitask_data.is_blank`): `--on_error fail` (the default)
 stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts before that line, so a run re-started
 once the line is fixed continues from it; `--on_error skip` logs a warning naming the line and writes nothing for it.
 """
 
+import collections
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import heapq
@@ -34,7 +42,7 @@ import logging
 import os
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,11 +55,12 @@ from transformers import AutoTokenizer, HfArgumentParser
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 from multitask_data import FORMATS as DATA_FORMATS
-from multitask_data import DataError, file_format, iter_rows, location
+from multitask_data import DataError, file_format, iter_rows, location, text_problem
 
 logger = logging.getLogger(__name__)
 FORMATS = {suffix: fmt for suffix, fmt in DATA_FORMATS.items() if fmt != "parquet"}  # Parquet cannot be streamed
 RESERVED_KEYS = ("line", "id", "embedding")  # output keys that are not task names
+SHARE_RECORD = "shared.json"  # in OUTPUT.parts: how many processes share the run, after which line of the output
 
 
 # A problem with the input or output file; the message names it and is shown as it is, without a traceback. The same
@@ -106,11 +115,17 @@ def input_name(args):
     return "<stdin>" if args.input == "-" else args.input
 
 
+def streamed_input(args):
+    """True when the input can be read only once: stdin, or a path that is not a regular file (/dev/stdin, a pipe)."""
+    return args.input == "-" or (os.path.exists(args.input) and not os.path.isfile(args.input))
+
+
 def input_format(args):
-    """--format, else plain text for stdin, else the format that the file's extension names."""
+    """--format, else plain text for stdin (or a pipe without a known extension), else the format that the file's
+    extension names."""
     if args.format is not None:
         return args.format
-    if args.input == "-":
+    if streamed_input(args) and Path(args.input).suffix.lower() not in FORMATS:
         return "txt"
     return file_format(args.input, tuple(FORMATS.values()), hint=" or --format")
 
@@ -122,8 +137,9 @@ def row_record(line_no, row, error, args):
     if args.text_field not in row:
         return Record(line_no, error=f"no {args.text_field!r} field (fields: {sorted(row)})")
     text = row[args.text_field]
-    if not isinstance(text, str):
-        return Record(line_no, error=f"{args.text_field!r} is {text!r}; expected a string")
+    problem = text_problem(text, "the line" if args.format == "txt" else repr(args.text_field))
+    if problem:  # not a string, or nothing to read (blank): a bad line like any other
+        return Record(line_no, error=problem)
     return Record(line_no, text=text, id=row.get(args.id_field))
 
 
@@ -137,11 +153,16 @@ def read_records(stream, args, skip=0):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: `line` is the last input line whose prediction was written."""
+    """Ctrl-C: `line` is the last input line whose prediction was written; `resumable`: to a file a re-run goes on."""
 
-    def __init__(self, line):
+    def __init__(self, line, resumable=True):
         super().__init__(line)
-        self.line = line
+        self.line, self.resumable = line, resumable
+
+
+def parts_path(output):
+    """The folder of the part files of a run shared among processes (see `predict_shared`)."""
+    return output.with_name(output.name + ".parts")
 
 
 def sidecar_path(output):
@@ -162,6 +183,41 @@ def sha256_of(path, max_lines=None):
     return digest.hexdigest()
 
 
+class PrefixHash:
+    """A binary stream whose lines are hashed as they are read (as `sha256_of` hashes a file's first lines), so that
+    a stream read once (stdin) can be recorded, and checked on a resume, by the hash of its first lines.
+
+    `expect=(n, sha256)`: the first n lines must have that hash; InputError as soon as they are read otherwise."""
+
+    def __init__(self, stream, name, expect=None):
+        self.stream, self.name, self.expect = stream, name, expect
+        self.digest, self.hashed, self.pending = hashlib.sha256(), 0, collections.deque()
+
+    def __iter__(self):
+        lines, wanted = 0, self.expect[0] if self.expect else 0
+        for raw in self.stream:
+            lines += 1
+            self.pending.append(raw)
+            if lines == wanted and self.upto(wanted) != self.expect[1]:
+                raise self.differs(f"its first {wanted} lines are not the ones already labelled")
+            yield raw
+        if lines < wanted:
+            raise self.differs(f"it has {lines} lines, fewer than the {wanted} already labelled")
+
+    def upto(self, lines):
+        """The sha256 of the first `lines` lines (read already)."""
+        while self.hashed < lines:
+            self.digest.update(self.pending.popleft())
+            self.hashed += 1
+        return self.digest.hexdigest()
+
+    def differs(self, why):
+        return InputError(
+            f"{self.name}: is not the input the output was written from ({why}); give the same input to resume, "
+            "or use another --output or --overwrite"
+        )
+
+
 def model_identity(name):
     """A saved model directory as its path and the hash of its config and weights; a Hub name as itself."""
     path = Path(name)
@@ -177,9 +233,12 @@ def model_identity(name):
 def run_identity(args):
     """What an output's lines depend on: the input, the model and the settings that change a prediction."""
     settings = ("format", "text_field", "id_field", "max_length", "with_embeddings", "backend")
-    source = {"path": "<stdin>"}
-    if args.input != "-":
-        source = {"path": str(Path(args.input).resolve()), "sha256": sha256_of(args.input)}
+    source = {"path": input_name(args)}  # read once: checked by the hash of its first lines as it is read
+    if not streamed_input(args):
+        try:
+            source = {"path": str(Path(args.input).resolve()), "sha256": sha256_of(args.input)}
+        except OSError as e:
+            raise InputError(f"{args.input}: cannot read it ({e.strerror})") from None
     return {
         "input": source,
         "model": model_identity(args.model),
@@ -205,9 +264,31 @@ def differences(recorded, current, args):
 
 
 def write_sidecar(output, identity):
+    """Write the record beside `output` atomically; a failed write (a full disk) leaves the old record and no temp."""
     tmp = sidecar_path(output).with_suffix(".tmp")
-    tmp.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, sidecar_path(output))
+    try:
+        with open(tmp, "wb", buffering=0) as f:
+            write_all(f, (json.dumps(identity, indent=1) + "\n").encode("utf-8"))
+        os.replace(tmp, sidecar_path(output))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_all(out, data):
+    """Write all of `data` to the unbuffered file `out` (a write may take only part of it), or raise OSError."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+
+
+def write_failed(output, error, last, resumable=True):
+    """The InputError for an output that could not be written (a full disk, a quota, a closed pipe)."""
+    reason = error.strerror or str(error)
+    if not resumable:
+        return InputError(f"{output}: cannot write ({reason}); it is not a regular file, so nothing can be resumed")
+    held = f"it holds predictions up to input line {last}" if last else "nothing was written to it"
+    fix = "free some space and " if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+    return InputError(f"{output}: cannot write ({reason}); {held}; {fix}run the same command to resume")
 
 
 def lock(out, output):
@@ -219,25 +300,28 @@ def lock(out, output):
 
 
 def resume_from(output, identity, args):
-    """The input line after which this run goes on (0: from the start), once the output is known to be this run's:
-    written by predict.py for the same input, model and settings. Raises InputError otherwise."""
+    """(the input line after which this run goes on (0: from the start), the output's record or None), once the output
+    is known to be this run's: written by predict.py for the same input, model and settings. Raises InputError
+    otherwise."""
     sidecar = sidecar_path(output)
     if output.stat().st_size == 0:
-        return 0
+        return 0, None
     if not sidecar.is_file():
         raise InputError(
             f"{output}: exists and was not written by predict.py (no {sidecar.name} beside it); "
             "choose another --output, or --overwrite to replace it"
         )
-    found = differences(json.loads(sidecar.read_text(encoding="utf-8")), identity, args)
+    recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+    found = differences(recorded, identity, args)
     if found:
         raise InputError(
             f"{output}: holds predictions of another run ({'; '.join(found)}); run the same command to resume, "
             "choose another --output, or --overwrite to start over"
         )
-    if args.input == "-":
-        logger.warning("%s: resuming from stdin; cannot check that stdin is the same input as before", output)
-    return resume_point(output)
+    line = resume_point(output)
+    if line and streamed_input(args) and "prefix_lines" not in recorded["input"]:  # written by an older predict.py
+        logger.warning("%s: resuming from %s; cannot check that it is the same input as before", output, args.input)
+    return line, recorded
 
 
 def resume_point(path):
@@ -320,17 +404,28 @@ def load_model(args):
 
 def check_paths(args):
     """Refuse, before anything is opened for writing, an input that is missing or is the output itself, and an
-    output whose folder does not exist or that is a folder."""
+    output whose folder does not exist or that is a folder. Returns the output's path; for a symlink to a file, the
+    file's, so that its record lies beside the predictions (not in /dev for a /dev/stdout redirected to a file)."""
     output = Path(args.output)
-    if args.input != "-" and not Path(args.input).is_file():
+    if args.input != "-" and Path(args.input).is_dir():
+        raise InputError(f"{args.input}: is a directory; --input names a file")
+    if args.input != "-" and not Path(args.input).exists():
         raise InputError(f"{args.input}: file not found")
-    if args.input != "-" and output.exists() and os.path.samefile(args.input, output):
+    if not streamed_input(args) and output.exists() and os.path.samefile(args.input, output):
         raise InputError(f"{args.output}: is the input file itself; write the predictions to another --output")
     if output.is_dir():
         raise InputError(f"{args.output}: is a directory; --output names a file")
     if not output.parent.is_dir():
         raise InputError(f"{args.output}: folder {output.parent} does not exist; create it first")
+    if output.is_symlink() and not streamed_output(output):
+        output = Path(os.path.realpath(output))
     return output
+
+
+def streamed_output(output):
+    """True for an output that exists and is not a regular file (/dev/stdout, a pipe, a device): written as it goes,
+    with no record beside it and nothing to resume."""
+    return output.exists() and not output.is_file()
 
 
 def process_share():
@@ -344,44 +439,125 @@ def predict(args, model=None, tokenizer=None, progress=None):
     Under a launcher with N processes, the input's windows are shared among them (see `predict_shared`); the output
     is the same, line for line, as one process writes. `model`/`tokenizer`, if given, are used instead of loading
     `args.model` (which still names the model in the output's record); `progress(line)` is called after each written
-    window with the last input line written. Raises InputError for a bad file, a bad line (on_error=fail) or an
-    output of another run, and Interrupted on Ctrl-C."""
+    window with the last input line written. An input without a text to label writes no output file (a warning says
+    so). Raises InputError for a bad file, a bad line (on_error=fail), an output of another run or one that cannot
+    be written, and Interrupted on Ctrl-C."""
     args.format = input_format(args)
     output = check_paths(args)
     rank, world = process_share()
-    if world > 1:
+    if streamed_output(output):
+        if world > 1:
+            raise InputError(f"{args.output}: is not a regular file; processes that share the input write to a file")
+        last = label_stream(output, args, model, tokenizer, progress)
+    elif world > 1:
         return predict_shared(args, output, rank, world, model, tokenizer, progress)
-    label_into(output, args, run_identity(args), model, tokenizer, progress)
-    logger.info("wrote %s", output)
+    else:
+        if not args.overwrite:  # an unfinished shared run's parts would be merged after this run's lines
+            check_share(output, 1, 0)
+        label_into(output, args, run_identity(args), model, tokenizer, progress)
+        last = output.exists()
+    if last:
+        logger.info("wrote %s", args.output)
+    else:
+        logger.warning("%s: no texts to label; %s not written", input_name(args), args.output)
+
+
+@contextmanager
+def open_input(args, expect=None):
+    """The input as a binary stream; one read only once (stdin, a pipe) as a PrefixHash checking `expect`."""
+    if args.input == "-":
+        stream = sys.stdin.buffer
+    else:
+        try:
+            stream = open(args.input, "rb")
+        except OSError as e:
+            raise InputError(f"{args.input}: cannot read it ({e.strerror})") from None
+    try:
+        yield PrefixHash(stream, input_name(args), expect) if streamed_input(args) else stream
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def label_stream(output, args, model=None, tokenizer=None, progress=None):
+    """Label the input into an output that is not a regular file, as it goes: no lock, no record beside it, nothing
+    to resume. Returns the last input line written (0: none)."""
+    last = 0
+    try:
+        if model is None:
+            model, tokenizer = load_model(args)
+        with open_input(args) as stream:
+            try:
+                out = open(output, "wb", buffering=0)
+            except OSError as e:
+                raise write_failed(output, e, last, resumable=False) from None
+            with out:
+                for todo in todo_windows(stream, args):
+                    data = predict_window(model, tokenizer, todo, args)
+                    try:
+                        write_all(out, data)
+                    except OSError as e:  # /dev/full, a pipe closed by its reader
+                        raise write_failed(output, e, last, resumable=False) from None
+                    last = todo[-1].line
+                    if progress is not None:
+                        progress(last)
+    except KeyboardInterrupt:
+        raise Interrupted(last, resumable=False) from None
+    return last
 
 
 def label_into(output, args, identity, model=None, tokenizer=None, progress=None, rank=0, world=1, floor=0):
     """Label the input into `output` (a whole output, or one process's part of it), resuming after its last complete
     line. Windows of `args.window` texts are numbered from the start of the input; window k is this process's when
-    k % world == rank. Lines up to `floor` are done already (in the merged output of an earlier shared run)."""
+    k % world == rank. Lines up to `floor` are done already (in the merged output of an earlier shared run). A write
+    that fails (a full disk) or is interrupted is cut back to the last whole line. Returns the last line written."""
     created = not output.exists()
-    last, locked = 0, False
-    with open(output, "a+b") as out:
+    last, done, locked = 0, 0, False
+    try:
+        out = open(output, "a+b", buffering=0)  # unbuffered: nothing is left to flush (and fail) after an error
+    except OSError as e:
+        raise InputError(f"{output}: cannot write ({e.strerror})") from None
+    with out:
         try:
             lock(out, output)
             locked = True
+            prefix = identity["input"]  # the input's record: its hash, and that of the lines labelled
             if args.overwrite:
                 out.truncate(0)
-            last = done = max(resume_from(output, identity, args), floor)
+                if world == 1:  # an unfinished shared run's parts belong to the output replaced
+                    shutil.rmtree(parts_path(output), ignore_errors=True)
+            done, recorded = resume_from(output, identity, args)
+            last = done = max(done, floor)
             if done:
                 logger.info("%s holds predictions up to input line %d; resuming after it", output, done)
+                if recorded and "prefix_lines" in recorded["input"]:  # still true of the lines written: keep it
+                    identity["input"].update({k: recorded["input"][k] for k in ("prefix_lines", "prefix_sha256")})
             if model is None:
                 model, tokenizer = load_model(args)
-            write_sidecar(output, identity)
+            try:
+                write_sidecar(output, identity)
+            except OSError as e:
+                raise write_failed(output, e, done) from None
+            expect = (prefix["prefix_lines"], prefix["prefix_sha256"]) if "prefix_lines" in prefix else None
             skip = done if world == 1 else 0  # a shared run numbers the windows from the start of the input
-            with nullcontext(sys.stdin.buffer) if args.input == "-" else open(args.input, "rb") as stream:
-                for k, window in enumerate(windows(read_records(stream, args, skip=skip), args)):
-                    todo = [record for record in window if record.line > done]
-                    if k % world != rank or not todo:
-                        continue
-                    out.write(predict_window(model, tokenizer, todo, args))
-                    out.flush()
+            with open_input(args, expect) as stream:
+                for todo in todo_windows(stream, args, done, skip, rank, world):
+                    data = predict_window(model, tokenizer, todo, args)
+                    size = os.fstat(out.fileno()).st_size
+                    try:
+                        write_all(out, data)
+                    except BaseException as e:
+                        out.truncate(size)  # no partial line left behind (a full disk, Ctrl-C mid-write)
+                        if isinstance(e, OSError):
+                            raise write_failed(output, e, last) from None
+                        raise
                     last = todo[-1].line
+                    if isinstance(stream, PrefixHash):  # read once: record now what a resume must find again
+                        prefix.update(prefix_lines=last, prefix_sha256=stream.upto(last))
+                        try:
+                            write_sidecar(output, identity)
+                        except OSError as e:
+                            raise write_failed(output, e, last) from None
                     if progress is not None:
                         progress(last)
         except KeyboardInterrupt:
@@ -392,15 +568,28 @@ def label_into(output, args, identity, model=None, tokenizer=None, progress=None
             elif created and os.fstat(out.fileno()).st_size == 0:  # nothing written: leave nothing behind
                 output.unlink(missing_ok=True)
                 sidecar_path(output).unlink(missing_ok=True)
-            elif last and args.input != "-":  # lines after `last` may be edited (a fixed bad line) before a resume
-                identity["input"].update(prefix_lines=last, prefix_sha256=sha256_of(args.input, last))
-                write_sidecar(output, identity)
+            elif last > done and not streamed_input(args):  # lines after `last` may change (a fixed bad line)
+                try:
+                    prefix.update(prefix_lines=last, prefix_sha256=sha256_of(args.input, last))
+                    write_sidecar(output, identity)
+                except OSError:  # a full disk: the record written before still holds
+                    pass
+    return last
+
+
+def todo_windows(stream, args, done=0, skip=0, rank=0, world=1):
+    """The Records this process labels, a window at a time: those after line `done` in windows k % world == rank."""
+    for k, window in enumerate(windows(read_records(stream, args, skip=skip), args)):
+        todo = [record for record in window if record.line > done]
+        if k % world == rank and todo:
+            yield todo
 
 
 def windows(records, args):
-    """The input's good Records, `args.window` at a time, with a progress bar. A bad line ends the last window early
-    and stops the run (after that window, so that a re-run goes on from the bad line), or is skipped with a warning."""
-    with logging_redirect_tqdm(), tqdm(unit=" lines") as bar:
+    """The input's good Records, `args.window` at a time, with a progress bar on a terminal. A bad line ends the last
+    window early and stops the run (after that window, so that a re-run goes on from the bad line), or is skipped
+    with a warning."""
+    with logging_redirect_tqdm(), tqdm(unit=" lines", disable=None) as bar:  # disable=None: no bar in a log file
         window = []
         for record in records:
             if record.error is not None:
@@ -421,36 +610,76 @@ def windows(records, args):
             bar.update(len(window))
 
 
+def unfinished_share(output):
+    """`{"processes": N, "after_line": L}` of the shared run that stopped before merging its parts into `output`
+    (after its input line L), from the record in its parts folder; None when there is none."""
+    parts = parts_path(output)
+    record = parts / SHARE_RECORD
+    if record.is_file():
+        return json.loads(record.read_text(encoding="utf-8"))
+    names = sorted(parts.glob("part-*-of-*.jsonl")) if parts.is_dir() else []
+    if names:  # parts of an older predict.py, which kept no record
+        return {"processes": int(names[0].stem.rsplit("-", 1)[1])}
+    return None
+
+
+def check_share(output, world, floor):
+    """Refuse to mix ways of writing one output: while a shared run's parts wait to be merged (after line `floor`
+    of the output), only the same number of processes may go on, and only if the output has not grown since."""
+    share = unfinished_share(output)
+    if share is None:
+        return
+    n, after = share["processes"], share.get("after_line")
+    if n != world:
+        raise InputError(
+            f"{output}: a run shared among {n} processes stopped before it finished ({parts_path(output)} holds its "
+            f"parts); run it again with {n} processes to finish it, or --overwrite to start over"
+        )
+    if after is not None and after != floor:
+        raise InputError(
+            f"{output}: changed since the {n}-process run whose parts are in {parts_path(output)} started (it held "
+            f"predictions up to input line {after}, now {floor}); --overwrite to start over"
+        )
+
+
 def predict_shared(args, output, rank, world, model=None, tokenizer=None, progress=None):
     """N processes label one input: process r labels windows r, r + N, ... into its own part file
     (`OUTPUT.parts/part-r-of-N.jsonl`, restartable like any output), then process 0 merges the parts in input order
     into OUTPUT and removes them. The result is the output one process writes, line for line (same windows, same
-    batches). Run the same launcher command again after a kill: every part goes on where it stopped."""
+    batches). Run the same launcher command again after a kill: every part goes on where it stopped. Until the parts
+    are merged, the output is refused to a run with another number of processes (see `check_share`)."""
     import datetime
 
     import torch.distributed as dist
 
     if args.input == "-":
         raise InputError("--input -: stdin cannot be shared among processes; give a file")
+    if streamed_input(args):
+        raise InputError(f"--input {args.input}: is not a regular file; processes can share only a file")
+    parts = parts_path(output)
+    identity = run_identity(args)
+    floor = 0
+    if not args.overwrite:  # checked by every process before any writes: all refuse alike
+        floor = resume_from(output, identity, args)[0] if output.exists() else 0  # an earlier merged run
+        check_share(output, world, floor)
     dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))  # for barriers only; parts are files
     try:
-        parts = output.with_name(output.name + ".parts")
-        identity = {**run_identity(args), "processes": world}
         if rank == 0:
             if args.overwrite:
                 output.unlink(missing_ok=True)
                 sidecar_path(output).unlink(missing_ok=True)
                 shutil.rmtree(parts, ignore_errors=True)
             parts.mkdir(exist_ok=True)
+            if not (parts / SHARE_RECORD).exists():
+                (parts / SHARE_RECORD).write_text(json.dumps({"processes": world, "after_line": floor}) + "\n")
         dist.barrier()
-        floor = resume_from(output, run_identity(args), args) if output.exists() else 0  # an earlier merged run
         part = parts / f"part-{rank}-of-{world}.jsonl"
         part_args = dataclasses.replace(args, output=str(part), overwrite=False)
-        label_into(part, part_args, identity, model, tokenizer, progress, rank, world, floor)
+        label_into(part, part_args, {**identity, "processes": world}, model, tokenizer, progress, rank, world, floor)
         logger.info("process %d of %d labelled its part (%s)", rank, world, part)
         dist.barrier()
         if rank == 0:
-            merge_parts(sorted(parts.glob(f"part-*-of-{world}.jsonl")), output, run_identity(args))
+            merge_parts(sorted(parts.glob(f"part-*-of-{world}.jsonl")), output, run_identity(args), floor)
             shutil.rmtree(parts)
             logger.info("wrote %s (%d processes)", output, world)
         dist.barrier()
@@ -458,9 +687,10 @@ def predict_shared(args, output, rank, world, model=None, tokenizer=None, progre
         dist.destroy_process_group()
 
 
-def merge_parts(parts, output, identity):
-    """Append the parts' lines to `output` in input order (by their `line`), atomically: written aside, then
-    renamed over the output together with its record."""
+def merge_parts(parts, output, identity, floor=0):
+    """Append the parts' lines to `output` (which ends at input line `floor`) in input order (by their `line`),
+    atomically: written aside, then renamed over the output together with its record. A line at or before one
+    already merged is refused (parts of another run): the output is left as it was."""
     streams = [open(part, "rb") for part in parts]
     tmp = output.with_name(f".{output.name}.merging")
     try:
@@ -468,10 +698,23 @@ def merge_parts(parts, output, identity):
             if output.exists():
                 with open(output, "rb") as earlier:
                     shutil.copyfileobj(earlier, merged)
-            for line in heapq.merge(*streams, key=lambda raw: json.loads(raw)["line"]):
-                merged.write(line)
+            last = floor
+            for raw in heapq.merge(*streams, key=lambda raw: json.loads(raw)["line"]):
+                line = json.loads(raw)["line"]
+                if line <= last:
+                    raise InputError(
+                        f"{output}: the parts in {parts_path(output)} hold input line {line} after line {last}: "
+                        "they are not all of this run; --overwrite to start over"
+                    )
+                merged.write(raw)
+                last = line
         write_sidecar(output, identity)
         os.replace(tmp, output)
+    except OSError as e:
+        raise InputError(
+            f"{output}: cannot write ({e.strerror}) while merging the parts, which are kept; run the same command "
+            "to merge them"
+        ) from None
     finally:
         for stream in streams:
             stream.close()
@@ -494,13 +737,17 @@ def main(argv=None):
         return 2
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    if not sys.stderr.isatty():  # progress bars in a log file are escape codes and carriage returns
+        transformers.utils.logging.disable_progress_bar()
     try:
         predict(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Interrupted as stop:
-        if stop.line:
+        if not stop.resumable:
+            print(f"interrupted: {args.output} got predictions up to input line {stop.line}", file=sys.stderr)
+        elif stop.line:
             print(
                 f"interrupted: {args.output} holds predictions up to input line {stop.line}; "
                 "run the same command to resume",

@@ -316,17 +316,18 @@ def test_predict_py_and_the_pipeline_use_the_saved_thresholds(multi_label_run, t
     thresholds = [1.0, 0.0, model.config.thresholds("tags")[2]]
     model.config.label_thresholds = {"tags": thresholds}
     model.save_pretrained(out)
-    expected = model.predict(TEXTS, tokenizer)
+    texts = [t for t in TEXTS if t]  # a blank text is a bad line of predict.py
+    expected = model.predict(texts, tokenizer)
     assert all("fun" in [t["label"] for t in r["tags"]] and "money" not in [t["label"] for t in r["tags"]]
                for r in expected)  # fmt: skip
-    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     assert predict.main(["--model", str(out), "--input", str(tmp_path / "in.txt"), "--output",
                          str(tmp_path / "out.jsonl")]) == 0  # fmt: skip
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [[t["label"] for t in row["tags"]] for row in written] == [[t["label"] for t in r["tags"]] for r in expected]
     assert written[0]["topic"]["label"] == expected[0]["topic"]["label"]  # single-label output as before
     classify = pipeline(model=str(out), trust_remote_code=True)
-    assert [[t["label"] for t in r["tags"]] for r in classify(TEXTS)] == [
+    assert [[t["label"] for t in r["tags"]] for r in classify(texts)] == [
         [t["label"] for t in r["tags"]] for r in expected
     ]
 

@@ -6,11 +6,11 @@ processes ran (world size, half the optimizer steps, both processes' parts), not
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
+import psutil
 from helpers import REPO, SLOW_PREDICT, tiny_args, write_jsonl
 
 import train
@@ -66,8 +66,14 @@ def test_prediction_shared_by_two_processes_killed_and_resumed_equals_one_proces
         assert child.poll() is None, "the shared run ended before it could be killed"
         assert time.monotonic() < deadline, "the two processes did not both write within 180 s"
         time.sleep(0.02)
-    os.killpg(child.pid, signal.SIGKILL)  # the launcher and both processes, mid-run
+    # the launcher and both processes, mid-run: torch's launcher starts each worker in a session of its own, so that
+    # killing the launcher's process group would leave the workers running (and finishing the output)
+    workers = psutil.Process(child.pid).children(recursive=True)
+    assert len([w for w in workers if "slow_predict" in " ".join(w.cmdline())]) == 2
+    for process in [psutil.Process(child.pid), *workers]:
+        process.kill()
     child.wait()
+    psutil.wait_procs(workers, timeout=30)
     assert not output.exists()
     labelled = {
         p.name: [json.loads(line)["line"] for line in p.read_text().splitlines() if line.endswith("}")] for p in parts
@@ -78,6 +84,17 @@ def test_prediction_shared_by_two_processes_killed_and_resumed_equals_one_proces
     ) in labelled.items():  # both processes labelled their own windows: 1-50, 101-150, ... and 51-100, ...
         rank = int(name.split("-")[1])
         assert lines and all(((line - 1) // 50) % 2 == rank for line in lines), name
+
+    # one process may not continue it (its lines and the parts' would both be merged: duplicates, out of order)
+    before = {p.name: p.read_bytes() for p in parts}
+    alone = subprocess.run([sys.executable, str(REPO / "predict.py"), *options, "--output", str(output)],
+                           env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert alone.returncode == 1 and "Traceback" not in alone.stderr, alone.stderr[-3000:]
+    assert alone.stderr.strip().splitlines()[-1] == (
+        f"error: {output}: a run shared among 2 processes stopped before it finished ({output}.parts holds its "
+        "parts); run it again with 2 processes to finish it, or --overwrite to start over"
+    )
+    assert {p.name: p.read_bytes() for p in parts} == before and not output.exists()
 
     resumed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

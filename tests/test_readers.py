@@ -266,3 +266,17 @@ def test_train_and_predict_word_a_bad_line_alike(case, tmp_path, saved_tiny_mode
     predicted = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(info.value) == f"{path}:{message}"
     assert predicted == f"error: {info.value}"
+
+
+def test_utf16_and_nul_bytes_are_undecodable_lines():
+    # UTF-16 splits into lines that are valid UTF-8 full of NUL characters: each is reported, none is a text
+    assert rows_of("good\nbad\n".encode("utf-16"), "txt") == [
+        (1, None, "not valid UTF-8 (the file starts with a UTF-16 byte-order mark); save it as UTF-8"),
+        (2, None, "a NUL byte at byte 0 (a UTF-16 or binary file?); save it as UTF-8"),
+        (3, None, "a NUL byte at byte 0 (a UTF-16 or binary file?); save it as UTF-8"),
+    ]
+    assert rows_of(b'{"text": "a"}\n{"text": "b\x00"}\n', "jsonl")[1] == (
+        2,
+        None,
+        "a NUL byte at byte 11 (a UTF-16 or binary file?); save it as UTF-8",
+    )
