@@ -47,11 +47,13 @@ def make_parser():
 
 
 def export_state(model_dir):
-    """The bytes of the export's record, or None: compared before and after an interrupt to say what is on disk."""
+    """Which export.json is there (inode, modification time), or None: compared before and after an interrupt to say
+    what is on disk (a new export moves a new file in, even when its bytes are those of the old)."""
     try:
-        return (Path(model_dir) / ONNX_DIR / MANIFEST).read_bytes()
+        stat = (Path(model_dir) / ONNX_DIR / MANIFEST).stat()
     except OSError:
         return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def main(argv=None):

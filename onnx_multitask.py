@@ -181,6 +181,8 @@ def check_model_dir(model_dir):
         raise ValueError(f"{model_dir}: is a file; --model names the directory of a saved model")
     if not model_dir.is_dir():
         raise ValueError(f"{model_dir}: no such model directory")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir}: no config.json; not a model saved by train.py")
     config = MultiTaskConfig.from_saved_model(str(model_dir))  # a one-line ValueError for another kind of model
     if len(source_files(model_dir)) < 2:
         raise ValueError(f"{model_dir}: no weights (model.safetensors) next to config.json; not a saved model")
