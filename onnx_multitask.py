@@ -47,8 +47,6 @@ ONNX_DIR = "onnx"
 GRAPH_FILES = {False: "model.onnx", True: "model_int8.onnx"}  # quantized -> file name
 MANIFEST = "export.json"
 MANIFEST_VERSION = 1
-# The modules the runner needs, written next to the graphs so that the folder alone serves them (see the docstring).
-RUNNER_MODULES = ("onnx_multitask", "modeling_multitask", "configuration_multitask")
 STAGING_PREFIX = ".export-"  # onnx/.export-<pid>/: an export in progress (or one killed before it could clean up)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # What ONNX Runtime raises for a file it cannot load (plain Exception subclasses, not OSError or ValueError).
@@ -245,8 +243,12 @@ def remove_leftovers(out_dir):
 
 
 def runner_sources():
-    """{file name: path} of the modules that serve the graphs: this module and what it imports from the repository."""
-    return {f"{name}.py": Path(sys.modules[name].__file__) for name in RUNNER_MODULES}
+    """{file name: path} of the modules that serve the graphs: this module and the two it imports its classes from."""
+    return {
+        "onnx_multitask.py": Path(__file__),
+        "modeling_multitask.py": Path(sys.modules[MultiTaskInference.__module__].__file__),
+        "configuration_multitask.py": Path(sys.modules[MultiTaskConfig.__module__].__file__),
+    }
 
 
 def example_inputs(model, names):
@@ -444,6 +446,9 @@ class OnnxMultiTaskModel(MultiTaskInference):
         shared with other processes, a spinning thread takes the core that the thread it waits for needs (see the
         README's "Serving on CPU" for the measurements)."""
         manifest = read_manifest(model_dir)
+        if manifest is None and (Path(model_dir) / MANIFEST).is_file():  # the onnx/ folder itself
+            parent = Path(model_dir).parent
+            raise ValueError(f"{model_dir}: is the {ONNX_DIR}/ folder of an export; give the model's folder ({parent})")
         if manifest is None or not has_onnx(model_dir, quantized):
             kind = "int8" if quantized else "fp32"
             raise ValueError(f"{model_dir}: no {kind} ONNX export; run python export_onnx.py --model {model_dir} first")
