@@ -92,7 +92,8 @@ def main(argv=None):
             print("interrupted: nothing written; run the same command to export", file=sys.stderr)
         return 130
     for path in paths:
-        logger.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+        size = path.stat().st_size
+        logger.info("wrote %s (%s)", path, f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB")
     return 0
 
 

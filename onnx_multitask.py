@@ -12,8 +12,9 @@
                            alone serves them: `sys.path.insert(0, "DIR/onnx"); from onnx_multitask import ...`
 
 `OnnxMultiTaskModel.from_pretrained(model_dir)` loads a graph into ONNX Runtime after checking that the graph is the one
-the export wrote (its sha256) and that the model's weights and config are still those it was exported from. It is a `MultiTaskInference`: `predict`, `encode`, `iter_batches`
-and `decode` are the same code as `MultiTaskModel`'s; only running a batch differs.
+the export wrote (its sha256) and that the model's weights and config are still those it was exported from. It is a
+`MultiTaskInference`: `predict`, `encode`, `iter_batches` and `decode` are the same code as `MultiTaskModel`'s; only
+running a batch differs.
 """
 
 import fcntl
@@ -192,9 +193,9 @@ def check_model_dir(model_dir):
     target = model_dir / ONNX_DIR
     if target.exists() and not target.is_dir():
         raise ValueError(f"{target}: is a file; the export writes a folder there; move the file away first")
-    for folder in (model_dir, target) if target.is_dir() else (model_dir,):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"{folder}: no write permission")
+    folder = target if target.is_dir() else model_dir  # where the staging folder goes, and the files after it
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: no write permission")
     return config
 
 
@@ -239,7 +240,10 @@ def remove_leftovers(out_dir):
     the model's lock held, so none of them is in use."""
     for path in out_dir.glob(STAGING_PREFIX + "*"):
         logger.info("removing %s, left by an export that did not finish", path)
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:  # a temporary file of an earlier version of this export
+            path.unlink()
 
 
 def runner_sources():
