@@ -5,18 +5,29 @@
     onnx/model.onnx        fp32 graph: inputs input_ids, attention_mask (+ token_type_ids for encoders that take them),
                            outputs logits_<task> (batch, n_labels) per task and embeddings (batch, hidden)
     onnx/model_int8.onnx   the same graph with int8 weights (onnxruntime dynamic quantisation)
-    onnx/export.json       what the graphs were made from (sha256 of config.json and the weight files), opset, versions
+    onnx/export.json       what the graphs were made from (sha256 of config.json and the weight files), the sha256 of
+                           each graph, opset, versions
+    onnx/onnx_multitask.py, onnx/modeling_multitask.py, onnx/configuration_multitask.py
+                           the code that serves the graphs (this module and what it imports), so that the folder
+                           alone serves them: `sys.path.insert(0, "DIR/onnx"); from onnx_multitask import ...`
 
-`OnnxMultiTaskModel.from_pretrained(model_dir)` loads a graph into ONNX Runtime after checking that the model's weights
-and config are still those it was exported from. It is a `MultiTaskInference`: `predict`, `encode`, `iter_batches`
-and `decode` are the same code as `MultiTaskModel`'s; only running a batch differs.
+`OnnxMultiTaskModel.from_pretrained(model_dir)` loads a graph into ONNX Runtime after checking that the graph is the one
+the export wrote (its sha256) and that the model's weights and config are still those it was exported from. It is a
+`MultiTaskInference`: `predict`, `encode`, `iter_batches` and `decode` are the same code as `MultiTaskModel`'s; only
+running a batch differs.
 """
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
+import signal
+import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +35,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
@@ -36,6 +48,11 @@ ONNX_DIR = "onnx"
 GRAPH_FILES = {False: "model.onnx", True: "model_int8.onnx"}  # quantized -> file name
 MANIFEST = "export.json"
 MANIFEST_VERSION = 1
+STAGING_PREFIX = ".export-"  # onnx/.export-<pid>/: an export in progress (or one killed before it could clean up)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# What ONNX Runtime raises for a file it cannot load (plain Exception subclasses, not OSError or ValueError).
+ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NotImplemented,
+                   ort_errors.InvalidArgument, ort_errors.NoSuchFile)  # fmt: skip
 # The files a graph is made from: the config and the weights (one file or shards with their index).
 SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                    "pytorch_model.bin.index.json")  # fmt: skip
@@ -79,6 +96,11 @@ def source_files(model_dir):
     return sorted({p.name for pattern in SOURCE_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
 
 
+def first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -106,16 +128,45 @@ def has_onnx(model_dir, quantized=False):
     return manifest is not None and name in manifest.get("graphs", {}) and graph_path(model_dir, quantized).is_file()
 
 
+def redo(model_dir):
+    """The end of every message about an export that cannot be used: the command that makes it again."""
+    return f"re-run python export_onnx.py --model {model_dir}"
+
+
 def check_fingerprint(model_dir, manifest):
-    """Raise a ValueError naming the first config or weight file that differs from the one the graphs were made from."""
-    recorded, current = manifest["source"], fingerprint(model_dir)
+    """Raise a ValueError naming the first config or weight file that differs from the one the graphs were made from
+    (or saying that the export is another model's, when none of the files it was made from is here as it was)."""
+    recorded, current = manifest.get("source") or {}, fingerprint(model_dir)
+    if recorded and all(current.get(name) != digest for name, digest in recorded.items()):
+        raise ValueError(
+            f"{Path(model_dir) / ONNX_DIR} holds the ONNX export of another model (none of {sorted(recorded)} is the "
+            f"file it was made from); {redo(model_dir)}"
+        )
     for name in sorted(set(recorded) | set(current)):
         if recorded.get(name) != current.get(name):
             what = "is gone" if name not in current else "is new" if name not in recorded else "has changed"
             raise ValueError(
                 f"{Path(model_dir) / name} {what} since the ONNX export in {Path(model_dir) / ONNX_DIR}; "
-                f"re-run python export_onnx.py --model {model_dir}"
+                f"{redo(model_dir)}"
             )
+
+
+def read_graph(model_dir, manifest, quantized=False):
+    """The bytes of the fp32 (or int8) graph, after checking them against the sha256 that export.json records: a graph
+    altered in place, cut short, or copied from another export is refused with a one-line ValueError. The bytes are
+    what ONNX Runtime then loads, so the file checked is the file served."""
+    path = graph_path(model_dir, quantized)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or first_line(e)})") from None
+    recorded = manifest.get("graphs", {}).get(path.name, {}).get("sha256")
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError(
+            f"{path} is not the graph that {MANIFEST} records (sha256 differs: altered, cut short or copied from "
+            f"another export); {redo(model_dir)}"
+        )
+    return data
 
 
 # ----- export -----------------------------------------------------------------------------------------------------
@@ -124,15 +175,84 @@ def check_fingerprint(model_dir, manifest):
 def check_model_dir(model_dir):
     """The config of the saved multi-task model in the local directory `model_dir`, or a one-line ValueError
     (PermissionError when the directory cannot be written) saying why it cannot be exported there."""
-    if not Path(model_dir).is_dir():
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise ValueError(f"{model_dir}: is a file; --model names the directory of a saved model")
+    if not model_dir.is_dir():
         raise ValueError(f"{model_dir}: no such model directory")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir}: no config.json; not a model saved by train.py")
     config = MultiTaskConfig.from_saved_model(str(model_dir))  # a one-line ValueError for another kind of model
     if len(source_files(model_dir)) < 2:
         raise ValueError(f"{model_dir}: no weights (model.safetensors) next to config.json; not a saved model")
-    target = Path(model_dir) / ONNX_DIR
-    if not os.access(target if target.is_dir() else model_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"{target if target.is_dir() else model_dir}: no write permission")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"{model_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) saved with the model, and the graphs take "
+            "token ids; save it there first (tokenizer.save_pretrained)"
+        )
+    target = model_dir / ONNX_DIR
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target}: is a file; the export writes a folder there; move the file away first")
+    folder = target if target.is_dir() else model_dir  # where the staging folder goes, and the files after it
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder}: no write permission")
     return config
+
+
+@contextmanager
+def exclusive(model_dir):
+    """Hold an exclusive lock on `model_dir` (the folder itself: nothing is left behind) while exporting into it, so
+    that a second export of the same model stops with a one-line error instead of mixing its files with the first's."""
+    fd = os.open(model_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{model_dir}: another export_onnx.py is exporting this model right now; wait for it"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C (SIGINT) for the few renames that put a finished export in place, so that an interrupt cannot
+    leave half of them done; it is raised when they are. Outside the main thread (no signal handlers) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+        elif caught and previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+def remove_leftovers(out_dir):
+    """Remove the staging folders of exports killed before they could clean up (SIGKILL, a power cut); called with
+    the model's lock held, so none of them is in use."""
+    for path in out_dir.glob(STAGING_PREFIX + "*"):
+        logger.info("removing %s, left by an export that did not finish", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:  # a temporary file of an earlier version of this export
+            path.unlink()
+
+
+def runner_sources():
+    """{file name: path} of the modules that serve the graphs: this module and the two it imports its classes from."""
+    return {
+        "onnx_multitask.py": Path(__file__),
+        "modeling_multitask.py": Path(sys.modules[MultiTaskInference.__module__].__file__),
+        "configuration_multitask.py": Path(sys.modules[MultiTaskConfig.__module__].__file__),
+    }
 
 
 def example_inputs(model, names):
@@ -188,7 +308,12 @@ def check_parity(model, path):
     not at serving time."""
     names = input_names(model)
     inputs = example_inputs(model, names)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except ORT_LOAD_ERRORS as e:  # e.g. an --opset this runtime does not know
+        raise ValueError(
+            f"onnxruntime {ort.__version__} cannot load the exported graph: {first_line(e)}; not saved"
+        ) from None
     got = session.run(output_names(model.config), {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
     with torch.inference_mode():
         expected = GraphModel(model).eval()(*inputs)
@@ -221,37 +346,42 @@ def quantize_int8(fp32_path, int8_path):
 
 def export(model_dir, opset=None, quantize=True):
     """Export the saved multi-task model in `model_dir` into `model_dir/onnx/`: the fp32 graph, the int8 graph (unless
-    `quantize=False`) and export.json. Returns the paths written.
+    `quantize=False`), export.json and the code that serves them. Returns the paths written.
 
-    Atomic: everything is written to temporary names first; export.json is removed, the graphs moved in and a new
-    export.json moved in last, so an interrupted export leaves either the old export or no export (`has_onnx` False),
-    never a graph with the record of another. Raises a one-line ValueError for a directory that is not a saved
-    multi-task model.
+    Atomic: everything is written into a staging folder first (onnx/.export-<pid>/), removed whatever happens; once
+    it is complete the old export.json is removed, the new files moved in and the new export.json moved in last, with
+    Ctrl-C held back for those renames. So an interrupted or failed export (Ctrl-C, a full disk) leaves the previous
+    export as it was, or no onnx/ folder when there was none. Raises a one-line ValueError for a directory that is not a
+    saved multi-task model with its tokenizer, and when another export of the same model is running.
     """
     model_dir = Path(model_dir)
     config = check_model_dir(model_dir)
-    source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
-    model = MultiTaskModel.from_pretrained(str(model_dir), config=config).float().eval()
+    with exclusive(model_dir):
+        return _export_locked(model_dir, config, opset, quantize)
+
+
+def _export_locked(model_dir, config, opset, quantize):
     out_dir = model_dir / ONNX_DIR
-    out_dir.mkdir(exist_ok=True)
-    temporary = []
-
-    def temp_path(name):  # a hidden name of this process; written by plain open(), so with the umask's permissions
-        path = out_dir / f".export-{os.getpid()}-{name}"
-        temporary.append(path)
-        return path
-
+    created, committed = not out_dir.exists(), False
+    staging = out_dir / f"{STAGING_PREFIX}{os.getpid()}"
     try:
-        written = {False: temp_path(GRAPH_FILES[False])}
+        out_dir.mkdir(exist_ok=True)
+        remove_leftovers(out_dir)
+        staging.mkdir()
+        source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
+        model = MultiTaskModel.from_pretrained(str(model_dir), config=config).float().eval()
+        written = {False: staging / GRAPH_FILES[False]}
         logger.info("exporting %s to ONNX", model_dir)
         export_fp32(model, written[False], opset)
         worst = check_parity(model, written[False])
         logger.info("fp32 graph matches PyTorch on the example to %.1e", worst)
         if quantize:
-            written[True] = temp_path(GRAPH_FILES[True])
+            written[True] = staging / GRAPH_FILES[True]
             quantize_int8(written[False], written[True])
         graph_opset = next(o.version for o in onnx.load(str(written[False]), load_external_data=False).opset_import
                            if o.domain in ("", "ai.onnx"))  # fmt: skip
+        for name, path in runner_sources().items():
+            shutil.copyfile(path, staging / name)
         manifest = {
             "version": MANIFEST_VERSION,
             "source": source,
@@ -264,6 +394,7 @@ def export(model_dir, opset=None, quantize=True):
             "opset": graph_opset,
             "exporter": "torch.onnx.export(dynamo=True)",
             "quantization": "quantize_dynamic: QInt8 weights per channel, MatMul and Gather" if quantize else None,
+            "runner": sorted(runner_sources()),
             "versions": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
@@ -271,22 +402,24 @@ def export(model_dir, opset=None, quantize=True):
                 "onnxruntime": ort.__version__,
             },
         }
-        manifest_tmp = temp_path(MANIFEST)
-        manifest_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        if not quantize:
-            graph_path(model_dir, True).unlink(missing_ok=True)  # no stale int8 graph next to a new fp32 one
-        paths = []
-        for quantized, path in written.items():
-            os.replace(path, graph_path(model_dir, quantized))
-            paths.append(graph_path(model_dir, quantized))
-        os.replace(manifest_tmp, out_dir / MANIFEST)
-        paths.append(out_dir / MANIFEST)
+        names = [GRAPH_FILES[q] for q in written] + sorted(runner_sources())
+        with interrupts_deferred():
+            (out_dir / MANIFEST).unlink(missing_ok=True)  # from here until the last rename: no export, never a mix
+            if not quantize:
+                graph_path(model_dir, True).unlink(missing_ok=True)  # no stale int8 graph next to a new fp32 one
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+            os.replace(staging / MANIFEST, out_dir / MANIFEST)
+            committed = True  # a Ctrl-C held back until here is raised with the new export complete
+    except BaseException:
+        if created and not committed:
+            shutil.rmtree(out_dir, ignore_errors=True)  # the folder this export made: nothing of it is complete
+        raise
     finally:
-        for path in temporary:
-            path.unlink(missing_ok=True)
-    return paths
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in names] + [out_dir / MANIFEST]
 
 
 # ----- serving ----------------------------------------------------------------------------------------------------
@@ -308,27 +441,36 @@ class OnnxMultiTaskModel(MultiTaskInference):
 
     @classmethod
     def from_pretrained(cls, model_dir, quantized=False, threads=None, spinning=False):
-        """Load the fp32 (or int8) graph exported into `model_dir`. A ValueError when there is no export, or when
-        config.json or the weights changed since it was made.
+        """Load the fp32 (or int8) graph exported into `model_dir`. A one-line ValueError when there is no export,
+        when config.json or the weights changed since it was made, when the graph is not the one export.json records
+        (its sha256: altered, cut short, another export's) and when ONNX Runtime cannot load it.
 
         `threads`: ONNX Runtime intra-op threads (default: ONNX Runtime's, one per core). `spinning`: whether idle
         worker threads busy-wait for the next operator (ONNX Runtime's default). Off by default: where cores are
         shared with other processes, a spinning thread takes the core that the thread it waits for needs (see the
         README's "Serving on CPU" for the measurements)."""
         manifest = read_manifest(model_dir)
+        if manifest is None and (Path(model_dir) / MANIFEST).is_file():  # the onnx/ folder itself
+            parent = Path(model_dir).parent
+            raise ValueError(f"{model_dir}: is the {ONNX_DIR}/ folder of an export; give the model's folder ({parent})")
         if manifest is None or not has_onnx(model_dir, quantized):
             kind = "int8" if quantized else "fp32"
             raise ValueError(f"{model_dir}: no {kind} ONNX export; run python export_onnx.py --model {model_dir} first")
         check_fingerprint(model_dir, manifest)
+        graph = read_graph(model_dir, manifest, quantized)
         config = MultiTaskConfig.from_pretrained(model_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        session = ort.InferenceSession(
-            str(graph_path(model_dir, quantized)), options, providers=["CPUExecutionProvider"]
-        )
+        try:  # from the bytes checked, not the file again: what is served is what was checked
+            session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except ORT_LOAD_ERRORS as e:  # e.g. a graph of a newer opset than this runtime knows
+            raise ValueError(
+                f"{graph_path(model_dir, quantized)}: onnxruntime {ort.__version__} cannot load it "
+                f"({first_line(e)}); {redo(model_dir)} (--opset 20 for onnxruntime older than 1.23)"
+            ) from None
         return cls(config, session)
 
     def _run_batch(self, encoding):

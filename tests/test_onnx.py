@@ -65,6 +65,7 @@ def test_export_writes_both_graphs_and_what_they_were_made_from(exported):
     assert {g["precision"] for g in manifest["graphs"].values()} == {"fp32", "int8"}
     assert manifest["opset"] >= 17 and set(manifest["versions"]) == {"torch", "transformers", "onnx", "onnxruntime"}
     assert not list((directory / "onnx").glob(".export-*"))  # no temporary file left
+    assert manifest["runner"] == ["configuration_multitask.py", "modeling_multitask.py", "onnx_multitask.py"]
 
     takes_segments = model.config.backbone_config.model_type == "bert"
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_segments else [])
@@ -153,6 +154,7 @@ def test_loading_refuses_a_graph_of_other_weights_or_config(bert, tmp_path):
             OnnxMultiTaskModel.from_pretrained(directory, quantized=quantized)
         assert str(error.value) == message
 
+    shutil.copyfile(source / "model.safetensors", directory / "model.safetensors")  # the weights back; now the config
     config = json.loads((directory / "config.json").read_text())
     config["max_seq_length"] = 16
     (directory / "config.json").write_text(json.dumps(config))
@@ -178,7 +180,9 @@ def test_failed_export_leaves_the_previous_one(bert, tmp_path, monkeypatch):
 def test_fp32_only_export_removes_the_stale_int8_graph(bert, tmp_path):
     _, source = bert
     directory = shutil.copytree(source, tmp_path / "model")
-    assert [p.name for p in export(directory, quantize=False)] == ["model.onnx", "export.json"]
+    written = [p.name for p in export(directory, quantize=False)]
+    assert written == ["model.onnx", "configuration_multitask.py", "modeling_multitask.py", "onnx_multitask.py",
+                       "export.json"]  # fmt: skip
     assert has_onnx(directory) and not has_onnx(directory, quantized=True)
     assert not onnx_multitask.graph_path(directory, quantized=True).exists()
     with pytest.raises(ValueError, match=r"no int8 ONNX export; run python export_onnx.py --model .* first"):
