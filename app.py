@@ -35,6 +35,7 @@ from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 
 logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent  # where the Space's code comes from; never a Space folder itself
 DEFAULT_MODEL = "outputs/multitask-minilm"  # where `python train.py` saves the quickstart model
 MAX_TOP_K = 5  # labels shown per task panel
 # Sentences to click: news and reviews of all kinds, not written for any one task.
@@ -227,15 +228,16 @@ def similarity(model, tokenizer, text, limits=None):
     """Two or more sentences, one per line -> their cosine similarity matrix, a DataFrame shaded as a heatmap.
     Lines with nothing to read (blank ones) are left out."""
     limits = limits or Limits()
-    _check_length(text, limits)
-    sentences = [line.strip() for line in (text or "").splitlines() if readable(tokenizer, line)]
-    if len(sentences) < 2:
-        raise gr.Error("Enter two or more sentences, one per line.")
-    if len(sentences) > limits.similarity_lines:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) > limits.similarity_lines:
         raise gr.Error(
-            f"{len(sentences):,} sentences; this demo compares at most {limits.similarity_lines} at a time "
+            f"{len(lines):,} sentences; this demo compares at most {limits.similarity_lines} at a time "
             "(the table has one row and one column per sentence)."
         )
+    _check_length(text, limits)
+    sentences = [line for line in lines if readable(tokenizer, line)]
+    if len(sentences) < 2:
+        raise gr.Error("Enter two or more sentences, one per line.")
     emb = model.encode(sentences, tokenizer, normalize=True)  # (n, hidden), unit length
     sim = (emb @ emb.T).clamp(-1.0, 1.0)  # (n, n) cosine similarity
     names = [str(i) for i in range(1, len(sentences) + 1)]
@@ -431,7 +433,7 @@ def _inside(path, folder):
 
 def _check_space_folder(given, out, model, overwrite):
     """Refuse a --write_space folder that is not new, empty, or (with --overwrite) a Space written before."""
-    repo = Path(__file__).resolve().parent
+    repo = REPO
     flag = f"--write_space {given}"
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag}: is a file; name a new folder for the Space")
@@ -465,7 +467,7 @@ def _written_by_us(folder):
 
 
 def _write_space_files(out, model_name_or_path, local):
-    repo = Path(__file__).resolve().parent
+    repo = REPO
     for name in SPACE_CODE:
         if (repo / name).exists():
             shutil.copy2(repo / name, out / name)
