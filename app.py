@@ -11,6 +11,7 @@ directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime, 
 which runs `python app.py` with no arguments, the model is `$MULTITASK_MODEL` or else the quickstart's directory.
 """
 
+import errno
 import html
 import json
 import logging
@@ -260,7 +261,7 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
 
     `progress((lines_done, total_lines), ...)` (a gr.Progress) is called after each window. A bad file or line is a
     gr.Error with predict.py's one-line message, naming the file by its name rather than its temporary path; so is a
-    file over `limits` (its size in MB, its lines).
+    file over `limits` (its size in MB, its lines, the characters of its longest line).
     """
     if not path:
         raise gr.Error("Upload a .txt, .jsonl, .csv or .tsv file first.")
@@ -274,12 +275,18 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
             "(predict.py labels any size)",
             title="File too large",
         )
-    total = _count_lines(path)
+    total, longest, chars = _lines(path)
     if total > limits.file_lines:
         raise gr.Error(
             f"{name}: {total:,} lines; this demo labels files of at most {limits.file_lines:,} lines "
             "(predict.py labels any number)",
             title="File too large",
+        )
+    if chars > limits.chars:  # one 10 MB line takes a minute to tokenise, of which the model reads 512 tokens
+        raise gr.Error(
+            f"{name}:{longest}: a line of {chars:,} characters; this demo reads lines of at most {limits.chars:,} "
+            "(predict.py reads any)",
+            title="Line too long",
         )
     output = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(path).stem}.predictions.jsonl"
     args = predict.PredictArguments(
@@ -305,14 +312,15 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
     return str(output)
 
 
-def _count_lines(path):
-    """Lines in a file (the last one may lack its newline), for the progress bar's total."""
-    count, last = 0, b"\n"
+def _lines(path):
+    """(lines in a file (the last one may lack its newline), the longest line's number and its characters)."""
+    count, longest, chars = 0, 0, 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+        for count, raw in enumerate(f, 1):
+            n = len(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            if n > chars:
+                longest, chars = count, n
+    return count, longest, chars
 
 
 # ----- the app ------------------------------------------------------------------------------------------------------
@@ -502,20 +510,26 @@ def _not_for_space(directory, names):
     return [n for n in names if n.startswith("checkpoint-") or n in ("runs", "training_args.bin")]
 
 
-def check_port(host, port):
-    """A UsageError in one line when `port` (if given) cannot be listened on at `host`: in use, or not this
-    machine's address. gradio would raise an OSError with a traceback, after the model has been loaded."""
-    if port is None:
-        return
+def check_address(host, port):
+    """A UsageError in one line when the app could not listen at `host` (default: $GRADIO_SERVER_NAME, else
+    127.0.0.1) and `port` (if given): an unknown host or one not of this machine, a port in use. gradio would say
+    it with a traceback after the model has loaded, and take a bad host for a range of ports in use."""
+    flag = "--host" if host else "$GRADIO_SERVER_NAME"
     host = (host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1").strip("[]")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds: a closed port's wait is fine
+        family, kind, proto, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"{flag} {host}: unknown address ({getattr(e, 'strerror', None) or e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds: a closed port's wait is fine
+        try:
             s.bind(address)
-    except OSError as e:
-        why = e.strerror or str(e)
-        raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({why}); choose another --port") from None
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"{flag} {host}: not an address of this machine ({e.strerror})") from None
+            raise UsageError(
+                f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another --port"
+            ) from None
 
 
 def main(argv=None):
@@ -551,7 +565,7 @@ def serve(args):
             raise UsageError(f"--write_space {args.write_space}: cannot write the Space ({e})") from None
         logger.info("wrote the Space to %s", out)
         return 0
-    check_port(args.host, args.port)  # before the model is loaded: a taken port is said at once
+    check_address(args.host, args.port)  # before the model is loaded: a taken port is said at once
     try:
         model, tokenizer, backend = load_model(args.model, args.backend)
     except ValueError as e:  # the loader's one-line ValueError (not a model, another kind of model): said as it is

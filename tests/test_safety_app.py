@@ -228,6 +228,22 @@ def test_a_port_in_use_is_one_line_before_the_model_is_loaded(tiny, monkeypatch,
     )
 
 
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("nosuchhost.invalid", "error: --host nosuchhost.invalid: unknown address"),
+        ("192.0.2.1", "error: --host 192.0.2.1: not an address of this machine (Cannot assign requested address)"),
+    ],
+)
+@pytest.mark.parametrize("port", [[], ["--port", "7860"]], ids=["default-port", "port"])
+def test_a_bad_host_is_one_line_naming_the_host(tiny, monkeypatch, capsys, host, message, port):
+    """Not 'no free port in 7860-7959', which is what gradio says when it cannot listen on the host."""
+    _, _, directory = tiny
+    monkeypatch.setattr(app, "load_model", lambda *a: pytest.fail("the model was loaded before the host was checked"))
+    assert app.main(["--model", str(directory), "--host", host, *port]) == STATUS
+    assert one_line(capsys).startswith(message)
+
+
 @pytest.mark.parametrize("port", ["0", "70000", "-1"])
 def test_a_port_out_of_range_is_one_line(port, capsys):
     assert app.main(["--port", port]) == STATUS
@@ -318,8 +334,13 @@ def test_a_text_over_the_character_cap_is_refused(tiny, tab):
             ("x" * 99 + "\n") * 16_000,
             "big.txt: 1.5 MB; this demo labels files of at most 1 MB",
         ),
+        (
+            app.Limits(chars=50),
+            "short\n" + "long " * 20 + "\nshort\n",
+            "big.txt:2: a line of 100 characters; this demo reads lines of at most 50",
+        ),
     ],
-    ids=["lines", "size"],
+    ids=["lines", "size", "line length"],
 )
 def test_a_file_over_the_caps_is_refused_before_labelling(tiny, tmp_path, limits, content, message):
     model, tokenizer, _ = tiny
