@@ -9,6 +9,10 @@ The tasks and their labels come from the model (`model.config.tasks`), so the ap
 Files are labelled by `predict.predict`, the code behind `predict.py`. With `--backend auto` (the default) a model
 directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime, anything else on PyTorch. On a Space,
 which runs `python app.py` with no arguments, the model is `$MULTITASK_MODEL` or else the quickstart's directory.
+
+One request cannot take the demo down: the sentences compared, the characters of a text and the lines and size of a
+file are capped (`--max_*`), with a message that says the cap. `--write_space` writes only into a new or empty
+folder, or with `--overwrite` into one it wrote before.
 """
 
 import errno
@@ -107,7 +111,8 @@ class AppArguments:
         metadata={"help": "Sentences the Similarity tab compares at once (its table has N x N cells)."},
     )
     max_chars: int = field(
-        default=Limits.chars, metadata={"help": "Characters a Classify or Similarity text may have."}
+        default=Limits.chars,
+        metadata={"help": "Characters a Classify or Similarity text, or a line of a file to label, may have."},
     )
     max_file_lines: int = field(default=Limits.file_lines, metadata={"help": "Lines a file in the File tab may have."})
     max_upload_mb: int = field(

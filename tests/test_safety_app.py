@@ -97,15 +97,18 @@ def test_write_space_refuses_a_folder_it_did_not_write(tiny, tmp_path, capsys, o
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
 
 
-@pytest.mark.parametrize("where", ["the model folder", "inside it", "around it"])
+@pytest.mark.parametrize("where", ["the model folder", "a link to it", "inside it", "around it"])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_write_space_never_touches_the_model(tiny, tmp_path, capsys, where, overwrite):
     _, _, directory = tiny
     model = shutil.copytree(directory, tmp_path / "models" / "mine")
-    target = {"the model folder": model, "inside it": model / "space", "around it": model.parent}[where]
+    target = {"the model folder": model, "inside it": model / "space", "around it": model.parent}.get(where)
+    if where == "a link to it":
+        target = tmp_path / "space"
+        target.symlink_to(model, target_is_directory=True)
     before = snapshot(tmp_path)
     assert write_space(model, target, *(["--overwrite"] if overwrite else [])) == STATUS
-    expected = {"the model folder": "is", "inside it": "is inside", "around it": "holds"}[where]
+    expected = {"the model folder": "is", "a link to it": "is", "inside it": "is inside", "around it": "holds"}[where]
     assert one_line(capsys) == (
         f"error: --write_space {target}: {expected} the model folder; name a new folder for the Space"
     )
