@@ -205,7 +205,7 @@ def test_similarity_needs_two_sentences(tiny, text):
 
 def test_label_file_writes_what_predict_py_writes(tiny, tmp_path):
     model, tokenizer, directory = tiny
-    texts = ["the movie was good", "bad bank", "stock price news", "i love this game"]
+    texts = ["the movie was good", "?!", "stock price news", "i love this game"]  # a blank line is a bad line
     source = tmp_path / "texts.txt"
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     seen = []
