@@ -9,13 +9,21 @@ The tasks and their labels come from the model (`model.config.tasks`), so the ap
 Files are labelled by `predict.predict`, the code behind `predict.py`. With `--backend auto` (the default) a model
 directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime, anything else on PyTorch. On a Space,
 which runs `python app.py` with no arguments, the model is `$MULTITASK_MODEL` or else the quickstart's directory.
+
+One request cannot take the demo down: the sentences compared, the characters of a text and the lines and size of a
+file are capped (`--max_*`), with a message that says the cap. `--write_space` writes only into a new or empty
+folder, or with `--overwrite` into one it wrote before.
 """
 
+import errno
 import html
+import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -28,9 +36,11 @@ import transformers
 from transformers import AutoTokenizer, HfArgumentParser
 
 import predict
+from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 
 logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent  # where the Space's code comes from; never a Space folder itself
 DEFAULT_MODEL = "outputs/multitask-minilm"  # where `python train.py` saves the quickstart model
 MAX_TOP_K = 5  # labels shown per task panel
 # Sentences to click: news and reviews of all kinds, not written for any one task.
@@ -58,6 +68,18 @@ SPACE_CODE = [
     "multitask_data.py",
     "onnx_multitask.py",
 ]
+# The record that marks a folder as a Space written by --write_space, so that --overwrite may replace it.
+SPACE_RECORD = ".written-by-app-py.json"
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the demo, so that no paste or upload takes it down (AppArguments' max_*)."""
+
+    similarity_lines: int = 50
+    chars: int = 20_000
+    file_lines: int = 10_000
+    upload_mb: int = 10
 
 
 @dataclass
@@ -76,12 +98,45 @@ class AppArguments:
     port: int | None = field(default=None, metadata={"help": "Port (default: 7860 or the next free one)."})
     share: bool = field(default=False, metadata={"help": "Also serve the app on a public gradio.live link."})
     write_space: str | None = field(
-        default=None, metadata={"help": "Write the files of a Hugging Face Space for this model to DIR and exit."}
+        default=None,
+        metadata={
+            "help": "Write the files of a Hugging Face Space for this model to DIR (a new or empty folder) and exit."
+        },
     )
+    overwrite: bool = field(
+        default=False, metadata={"help": "With --write_space: replace a Space folder that --write_space wrote before."}
+    )
+    max_similarity_lines: int = field(
+        default=Limits.similarity_lines,
+        metadata={"help": "Sentences the Similarity tab compares at once (its table has N x N cells)."},
+    )
+    max_chars: int = field(
+        default=Limits.chars,
+        metadata={"help": "Characters a Classify or Similarity text, or a line of a file to label, may have."},
+    )
+    max_file_lines: int = field(default=Limits.file_lines, metadata={"help": "Lines a file in the File tab may have."})
+    max_upload_mb: int = field(
+        default=Limits.upload_mb, metadata={"help": "Size of a file the File tab accepts, in MB."}
+    )
+
+    def __post_init__(self):
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise UsageError(f"--port must be between 1 and 65535, got {self.port}")
+        if self.max_similarity_lines < 2:
+            raise UsageError(f"--max_similarity_lines must be >= 2, got {self.max_similarity_lines}")
+        for name in ("max_chars", "max_file_lines", "max_upload_mb"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.overwrite and not self.write_space:
+            raise UsageError("--overwrite goes with --write_space (it replaces a Space folder written before)")
 
 
 class ModelError(ValueError):
     """The model cannot be loaded; the message is one line, shown without a traceback."""
+
+
+class UsageError(ValueError):
+    """A command-line mistake (a flag's value, a --write_space folder, a port in use); the message is one line."""
 
 
 # ----- loading ------------------------------------------------------------------------------------------------------
@@ -149,10 +204,24 @@ def top_k(model):
     return min(MAX_TOP_K, max(len(labels) for labels in model.config.tasks.values()))
 
 
-def classify(model, tokenizer, text):
+def readable(tokenizer, text):
+    """True when the tokenizer finds something to read in `text`: not blank, and not only characters it drops
+    (zero-width spaces, control characters)."""
+    return bool(text and text.strip()) and bool(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _check_length(text, limits):
+    if text and len(text) > limits.chars:
+        raise gr.Error(f"The text has {len(text):,} characters; this demo reads at most {limits.chars:,} at a time.")
+
+
+def classify(model, tokenizer, text, limits=None):
     """One `{label: score}` dict per task of the model, in `config.tasks` order, for a gr.Label each."""
     if not text or not text.strip():
         raise gr.Error("Type or paste a text to classify first.")
+    _check_length(text, limits or Limits())
+    if not readable(tokenizer, text):
+        raise gr.Error("The text has nothing to read (only invisible or control characters); type a sentence.")
     (result,) = model.predict([text], tokenizer, top_k=top_k(model))
     panels = []
     for task in model.config.tasks:
@@ -161,9 +230,18 @@ def classify(model, tokenizer, text):
     return panels
 
 
-def similarity(model, tokenizer, text):
-    """Two or more sentences, one per line -> their cosine similarity matrix, a DataFrame shaded as a heatmap."""
-    sentences = [line.strip() for line in (text or "").splitlines() if line.strip()]
+def similarity(model, tokenizer, text, limits=None):
+    """Two or more sentences, one per line -> their cosine similarity matrix, a DataFrame shaded as a heatmap.
+    Lines with nothing to read (blank ones) are left out."""
+    limits = limits or Limits()
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if len(lines) > limits.similarity_lines:
+        raise gr.Error(
+            f"{len(lines):,} sentences; this demo compares at most {limits.similarity_lines} at a time "
+            "(the table has one row and one column per sentence)."
+        )
+    _check_length(text, limits)
+    sentences = [line for line in lines if readable(tokenizer, line)]
     if len(sentences) < 2:
         raise gr.Error("Enter two or more sentences, one per line.")
     emb = model.encode(sentences, tokenizer, normalize=True)  # (n, hidden), unit length
@@ -182,17 +260,39 @@ def _heat(value):
     return f"background-color: rgb({red_green}, {red_green}, 255); color: {'white' if level > 0.6 else 'black'}"
 
 
-def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir=None):
+def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir=None, limits=None):
     """Label an uploaded .txt/.jsonl/.csv/.tsv file with `predict.predict` and return the path of the JSONL it wrote
     (in a new folder under `out_dir`, default: the system's temporary folder).
 
     `progress((lines_done, total_lines), ...)` (a gr.Progress) is called after each window. A bad file or line is a
-    gr.Error with predict.py's one-line message, naming the file by its name rather than its temporary path.
+    gr.Error with predict.py's one-line message, naming the file by its name rather than its temporary path; so is a
+    file over `limits` (its size in MB, its lines, the characters of its longest line).
     """
     if not path:
         raise gr.Error("Upload a .txt, .jsonl, .csv or .tsv file first.")
+    limits = limits or Limits()
     path = str(path)
     name = Path(path).name
+    size = Path(path).stat().st_size
+    if size > limits.upload_mb * 1024 * 1024:
+        raise gr.Error(
+            f"{name}: {size / 1024 / 1024:.1f} MB; this demo labels files of at most {limits.upload_mb} MB "
+            "(predict.py labels any size)",
+            title="File too large",
+        )
+    total, longest, chars = _lines(path)
+    if total > limits.file_lines:
+        raise gr.Error(
+            f"{name}: {total:,} lines; this demo labels files of at most {limits.file_lines:,} lines "
+            "(predict.py labels any number)",
+            title="File too large",
+        )
+    if chars > limits.chars:  # one 10 MB line takes a minute to tokenise, of which the model reads 512 tokens
+        raise gr.Error(
+            f"{name}:{longest}: a line of {chars:,} characters; this demo reads lines of at most {limits.chars:,} "
+            "(predict.py reads any)",
+            title="Line too long",
+        )
     output = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(path).stem}.predictions.jsonl"
     args = predict.PredictArguments(
         model=str(model.config._name_or_path or "model"),
@@ -202,7 +302,6 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
         window=256,
         overwrite=True,
     )
-    total = _count_lines(path)
 
     def report(lines_done):
         if progress is not None:
@@ -218,21 +317,25 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
     return str(output)
 
 
-def _count_lines(path):
-    """Lines in a file (the last one may lack its newline), for the progress bar's total."""
-    count, last = 0, b"\n"
+def _lines(path):
+    """(lines in a file (the last one may lack its newline), the longest line's number and its characters)."""
+    count, longest, chars = 0, 0, 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
+        for count, raw in enumerate(f, 1):
+            n = len(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            if n > chars:
+                longest, chars = count, n
+    return count, longest, chars
 
 
 # ----- the app ------------------------------------------------------------------------------------------------------
 
 
-def build_app(model, tokenizer, backend=None):
-    """The Blocks of the demo: a Classify tab (one gr.Label per task), a File tab and a Similarity tab."""
+def build_app(model, tokenizer, backend=None, limits=None):
+    """The Blocks of the demo: a Classify tab (one gr.Label per task), a File tab and a Similarity tab; `limits`
+    (default: `Limits()`) caps what one request may ask. Launch it with `max_file_size=f"{limits.upload_mb}mb"` so
+    that gradio refuses a larger upload before it is stored."""
+    limits = limits or Limits()
     tasks = model.config.tasks
     name = model.config._name_or_path or "model"
     schema = ", ".join(f"**{task}** ({len(labels)} labels)" for task, labels in tasks.items())
@@ -241,13 +344,13 @@ def build_app(model, tokenizer, backend=None):
     outputs = tempfile.TemporaryDirectory(prefix="multitask-app-")
 
     def on_classify(text):
-        return classify(model, tokenizer, text)
+        return classify(model, tokenizer, text, limits)
 
     def on_file(path, text_field, progress=gr.Progress()):  # noqa: B008 (gradio finds its tracker by this default)
-        return label_file(model, tokenizer, path, text_field, progress, outputs.name)
+        return label_file(model, tokenizer, path, text_field, progress, outputs.name, limits)
 
     def on_similarity(text):
-        return similarity(model, tokenizer, text)
+        return similarity(model, tokenizer, text, limits)
 
     with gr.Blocks(title="Multi-task sentence classifier", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -273,7 +376,7 @@ def build_app(model, tokenizer, backend=None):
             gr.Markdown(
                 "One text per line (`.txt`), or a `.jsonl` / `.csv` / `.tsv` file with a text field. The result has "
                 "one JSON line per input text: its `line`, its `id` if the input has one, and each task's label and "
-                "score, as `predict.py` writes it."
+                f"score, as `predict.py` writes it. Up to {limits.file_lines:,} lines and {limits.upload_mb} MB."
             )
             with gr.Row():
                 upload = gr.File(label="File to label", file_types=list(predict.FORMATS), elem_id="upload")
@@ -283,7 +386,10 @@ def build_app(model, tokenizer, backend=None):
             result = gr.File(label="Predictions (JSONL)", interactive=False, elem_id="predictions")
             run_file.click(on_file, inputs=[upload, text_field], outputs=result, api_name="label_file")
         with gr.Tab("Similarity"):
-            gr.Markdown("Cosine similarity of the model's sentence embeddings (mean-pooled, normalised).")
+            gr.Markdown(
+                "Cosine similarity of the model's sentence embeddings (mean-pooled, normalised); "
+                f"up to {limits.similarity_lines} sentences."
+            )
             sentences = gr.Textbox(label="Sentences, one per line", lines=5, value=SIMILARITY_EXAMPLE)
             run_similarity = gr.Button("Compare", variant="primary")
             matrix = gr.Dataframe(label="Cosine similarity", interactive=False, elem_id="similarity")
@@ -295,12 +401,86 @@ def build_app(model, tokenizer, backend=None):
 # ----- a Hugging Face Space -----------------------------------------------------------------------------------------
 
 
-def write_space(directory, model_name_or_path):
+def write_space(directory, model_name_or_path, overwrite=False):
     """Write a Space's files to `directory`: README.md (front matter), requirements.txt, the code, and the model (a
-    local model directory is copied to where the app looks by default; a Hub name goes into the README)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    repo = Path(__file__).resolve().parent
+    local model directory is copied to where the app looks by default; a Hub name goes into the README).
+
+    `directory` must be a new or empty folder, or (with `overwrite`) a folder this function wrote before; never the
+    model folder, the repository, the current folder or a folder around any of them. The files are written into a
+    new folder beside it, which then takes its place, so a failure leaves the old folder as it was. A UsageError in
+    one line says why a folder is refused."""
+    given, out = directory, Path(directory).expanduser().resolve()
+    model = Path(model_name_or_path).expanduser()
+    local = model.is_dir()
+    if not local and _missing_local_path(model_name_or_path):
+        raise UsageError(f"--model {model_name_or_path}: no such model directory")
+    if local:
+        try:
+            MultiTaskConfig.from_saved_model(str(model))
+        except ValueError as e:
+            raise UsageError(f"--model {e}") from None
+    _check_space_folder(given, out, model.resolve() if local else None, overwrite)
+    work = out.parent / f".{out.name}.writing-{secrets.token_hex(4)}"
+    work.mkdir()
+    try:
+        _write_space_files(work, model_name_or_path, local)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            out.rename(old)
+            try:
+                work.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            shutil.rmtree(old)
+        else:
+            work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Path(given)
+
+
+def _inside(path, folder):
+    return path == folder or folder in path.parents
+
+
+def _check_space_folder(given, out, model, overwrite):
+    """Refuse a --write_space folder that is not new, empty, or (with --overwrite) a Space written before."""
+    repo = REPO
+    flag = f"--write_space {given}"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag}: is a file; name a new folder for the Space")
+    if model is not None and (_inside(out, model) or _inside(model, out)):
+        where = "is" if out == model else "is inside" if _inside(out, model) else "holds"
+        raise UsageError(f"{flag}: {where} the model folder; name a new folder for the Space")
+    # a new folder inside the repository (the README's `space/`) is fine; the repository or a folder around it is not
+    if _inside(repo, out):
+        raise UsageError(f"{flag}: {'is' if out == repo else 'holds'} this repository; name a new folder for the Space")
+    for name, folder in (("the current folder", Path.cwd().resolve()), ("your home folder", Path.home().resolve())):
+        if _inside(folder, out):
+            raise UsageError(f"{flag}: {'is' if out == folder else 'holds'} {name}; name a new folder for the Space")
+    if not out.parent.is_dir():
+        raise UsageError(f"{flag}: folder {out.parent} does not exist; create it first")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not _written_by_us(out):
+        raise UsageError(
+            f"{flag}: folder is not empty and was not written by --write_space; name a new or empty folder"
+        )
+    if not overwrite:
+        raise UsageError(f"{flag}: holds a Space written before; add --overwrite to replace it")
+
+
+def _written_by_us(folder):
+    try:
+        record = json.loads((folder / SPACE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("written_by") == "app.py --write_space"
+
+
+def _write_space_files(out, model_name_or_path, local):
+    repo = REPO
     for name in SPACE_CODE:
         if (repo / name).exists():
             shutil.copy2(repo / name, out / name)
@@ -309,8 +489,8 @@ def write_space(directory, model_name_or_path):
     lines = ["--extra-index-url https://download.pytorch.org/whl/cpu"]
     lines += [line for line in pins if re.split(r"[<>=!~ ]", line)[0] in ("torch", "transformers", "datasets")]
     (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if Path(model_name_or_path).is_dir():
-        shutil.copytree(model_name_or_path, out / DEFAULT_MODEL, dirs_exist_ok=True, ignore=_not_for_space)
+    if local:
+        shutil.copytree(model_name_or_path, out / DEFAULT_MODEL, ignore=_not_for_space)
         models = ""
     else:
         models = f"models:\n- {model_name_or_path}\n"
@@ -327,7 +507,7 @@ def write_space(directory, model_name_or_path):
         + ("" if not models else f"\nSet the Space variable `MULTITASK_MODEL` to `{model_name_or_path}`.\n"),
         encoding="utf-8",
     )
-    return out
+    (out / SPACE_RECORD).write_text(json.dumps({"written_by": "app.py --write_space"}) + "\n", encoding="utf-8")
 
 
 def _not_for_space(directory, names):
@@ -335,23 +515,78 @@ def _not_for_space(directory, names):
     return [n for n in names if n.startswith("checkpoint-") or n in ("runs", "training_args.bin")]
 
 
+def check_address(host, port):
+    """A UsageError in one line when the app could not listen at `host` (default: $GRADIO_SERVER_NAME, else
+    127.0.0.1) and `port` (if given): an unknown host or one not of this machine, a port in use. gradio would say
+    it with a traceback after the model has loaded, and take a bad host for a range of ports in use."""
+    flag = "--host" if host else "$GRADIO_SERVER_NAME"
+    host = (host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1").strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"{flag} {host}: unknown address ({getattr(e, 'strerror', None) or e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds: a closed port's wait is fine
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"{flag} {host}: not an address of this machine ({e.strerror})") from None
+            raise UsageError(
+                f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another --port"
+            ) from None
+
+
 def main(argv=None):
     parser = HfArgumentParser(AppArguments)
     argv = sys.argv[1:] if argv is None else argv
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args.model = args.model or os.environ.get("MULTITASK_MODEL") or DEFAULT_MODEL
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-    if args.write_space:
-        logger.info("wrote the Space to %s", write_space(args.write_space, args.model))
-        return 0
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():  # a log file or a Space's log: a progress bar there is a line of escape codes
+        transformers.utils.logging.disable_progress_bar()
     try:
-        model, tokenizer, backend = load_model(args.model, args.backend)
-    except ModelError as e:
+        return serve(args)
+    except (UsageError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def serve(args):
+    """What main does once the arguments are read: write the Space, or load the model and serve the app."""
+    if args.write_space:
+        try:
+            out = write_space(args.write_space, args.model, overwrite=args.overwrite)
+        except OSError as e:  # a full disk, no permission: the folder that was there is as it was
+            raise UsageError(f"--write_space {args.write_space}: cannot write the Space ({e})") from None
+        logger.info("wrote the Space to %s", out)
+        return 0
+    check_address(args.host, args.port)  # before the model is loaded: a taken port is said at once
+    try:
+        model, tokenizer, backend = load_model(args.model, args.backend)
+    except ValueError as e:  # the loader's one-line ValueError (not a model, another kind of model): said as it is
+        raise ModelError(str(e)) from None
     logger.info("%s runs on %s; tasks: %s", args.model, backend, dict(model.config.tasks))
-    build_app(model, tokenizer, backend).launch(server_name=args.host, server_port=args.port, share=args.share)
+    limits = Limits(args.max_similarity_lines, args.max_chars, args.max_file_lines, args.max_upload_mb)
+    demo = build_app(model, tokenizer, backend, limits)
+    try:
+        demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share, max_file_size=f"{limits.upload_mb}mb"
+        )
+    except OSError as e:
+        if "Cannot find empty port" not in str(e):
+            raise
+        first, last = re.findall(r"\d+", str(e))[:2]
+        raise UsageError(f"no free port in {first}-{last}; choose one with --port") from None
     return 0
 
 

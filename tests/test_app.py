@@ -361,7 +361,13 @@ def served(tiny, tmp_path_factory):
         env.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))  # uploads and downloads
         demo = app.build_app(model, tokenizer, backend)
         port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+        demo.launch(
+            server_name="127.0.0.1",
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+            max_file_size=f"{app.Limits.upload_mb}mb",  # as app.main launches it
+        )
         try:
             yield f"http://127.0.0.1:{port}/", model, tokenizer
         finally:
@@ -409,7 +415,7 @@ def test_browser_file_upload_gives_a_jsonl_download(page, served, tmp_path):
     from playwright.sync_api import expect
 
     model = served[1]
-    texts = ["the movie was good", "stock price news", "", "i love this game"]
+    texts = ["the movie was good", "stock price news", "bad bank", "i love this game"]
     source = tmp_path / "reviews.txt"
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     page.get_by_role("tab", name="File").click()
@@ -461,3 +467,16 @@ def test_browser_refuses_a_file_of_another_type(page, tmp_path):
     page.get_by_role("tab", name="File").click()
     page.locator("#upload input[type=file]").set_input_files(str(source))
     expect(page.get_by_test_id("toast-body")).to_contain_text("Invalid file type: slides.pdf")
+
+
+def test_browser_refuses_a_file_over_the_upload_cap(page, tmp_path):
+    from playwright.sync_api import expect
+
+    source = tmp_path / "huge.txt"
+    source.write_bytes(b"the movie was good\n" * (app.Limits.upload_mb * 1024 * 1024 // 19 + 1000))
+    page.get_by_role("tab", name="File").click()
+    page.locator("#upload input[type=file]").set_input_files(str(source))
+    expect(page.get_by_test_id("toast-body")).to_contain_text(
+        f'File(s) exceed the maximum allowed size of {app.Limits.upload_mb}.0 Mb: "huge.txt"'
+    )
+    expect(page.locator("#upload").get_by_role("cell", name="huge.txt")).to_have_count(0)
