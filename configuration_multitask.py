@@ -10,6 +10,7 @@ import os
 import re
 
 from huggingface_hub import constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, DistilBertConfig, PretrainedConfig
 
 DEFAULT_TASKS = {
@@ -22,15 +23,35 @@ HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def looks_local(name_or_path):
+    """True when `name_or_path` can only mean a local path, not a Hub name (`name` or `owner/name`): it exists, starts
+    with `.`, `/` or `~`, has more than one `/` or an OS separator other than `/`, is no valid Hub name, or names a
+    folder of an existing one (`outputs/typo` where `outputs/` exists)."""
+    name = os.fspath(name_or_path)
+    if os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    if any(sep and sep != "/" and sep in name for sep in (os.sep, os.altsep)):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
 def check_model_source(name_or_path):
-    """Fail at once, with a one-line ValueError, for a model path that does not exist: one that looks local (starts
-    with `.`, `/` or `~`, or has more than one `/`), or any name while HF_HUB_OFFLINE=1 rules out the Hub. A name that
-    may be on the Hub is left to the Hub."""
-    if os.path.isdir(name_or_path):
+    """Fail at once, with a one-line ValueError, for a model path that is not a directory: a file, a name that
+    `looks_local` but is not there, or any name while HF_HUB_OFFLINE=1 rules out the Hub. A name that may be on the
+    Hub is left to the Hub; nothing here touches the network."""
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
         return
-    if constants.HF_HUB_OFFLINE or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        offline = " (and HF_HUB_OFFLINE=1 rules out the Hub)" if constants.HF_HUB_OFFLINE else ""
-        raise ValueError(f"{name_or_path}: no such model directory{offline}")
+    if os.path.exists(name):
+        raise ValueError(f"{name}: is a file, not a model directory; give the folder that holds its config.json")
+    if looks_local(name):
+        raise ValueError(f"{name}: no such model directory")
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{name}: no such model directory (and HF_HUB_OFFLINE=1 rules out the Hub)")
 
 
 def _schema(tasks):

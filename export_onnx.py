@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from configuration_multitask import check_model_source
 from onnx_multitask import export
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def main(argv=None):
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not
     # installed": the exporter lists the vision operators it could not register; none is in a text model
     try:
+        check_model_source(args.model)  # a file, a mistyped path: said at once, as every script says it
         paths = export(args.model, opset=args.opset, quantize=args.quantize)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

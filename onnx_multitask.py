@@ -28,7 +28,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskInference, MultiTaskModel
+from modeling_multitask import MultiTaskInference, load_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def export(model_dir, opset=None, quantize=True):
     model_dir = Path(model_dir)
     config = check_model_dir(model_dir)
     source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
-    model = MultiTaskModel.from_pretrained(str(model_dir), config=config).float().eval()
+    model = load_saved_model(str(model_dir), config=config).float().eval()  # damaged weights: a one-line ValueError
     out_dir = model_dir / ONNX_DIR
     out_dir.mkdir(exist_ok=True)
     temporary = []

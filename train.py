@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -26,7 +27,6 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import (
     AutoConfig,
-    AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
     TrainingArguments,
@@ -35,7 +35,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
 from configuration_multitask import MultiTaskConfig, check_model_source
-from modeling_multitask import MultiTaskModel
+from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
 from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization, has_text_normalization
@@ -447,7 +447,7 @@ def model_config(model_args):
             try:
                 backbone_config = AutoConfig.from_pretrained(source)
             except OSError as e:
-                raise ArgumentError(f"--backbone {model_args.backbone}: {str(e).splitlines()[0]}") from None
+                raise ArgumentError(str(e)) from None
             return MultiTaskConfig(backbone_config=backbone_config, **settings)
         saved = MultiTaskConfig.from_saved_model(model_args.model_name_or_path)
         for name in ARCHITECTURE_FIELDS:
@@ -493,16 +493,32 @@ def build_model(model_args, config):
         saved_tasks = MultiTaskConfig.from_saved_model(model_args.model_name_or_path).tasks
         training = {name: getattr(config, name) for name in TRAINING_FIELDS}
         training["loss_weights"] = {task: w for task, w in config.loss_weights.items() if task in saved_tasks}
-        model = MultiTaskModel.from_pretrained(model_args.model_name_or_path, **training)
+        try:
+            model = load_saved_model(model_args.model_name_or_path, **training)
+        except ValueError as e:  # missing or damaged weights, a pickle that cannot be loaded safely: one line
+            raise ArgumentError(str(e)) from None
         for task, labels in config.tasks.items():
             if task not in saved_tasks:
                 model.add_task(task, labels, multi_label=task in config.multi_label_tasks)
         model.config.loss_weights = dict(config.loss_weights)
         return model
     settings = {k: v for k, v in config.to_dict().items() if k in ARCHITECTURE_FIELDS + TRAINING_FIELDS}
-    return MultiTaskModel.from_backbone(
-        resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
-    )
+    try:
+        return MultiTaskModel.from_backbone(
+            resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
+        )
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+
+
+def load_tokenizer(model_args, model):
+    """The tokenizer of the saved model or encoder being trained, or an ArgumentError of one line."""
+    source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
+    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
+    try:
+        return load_saved_tokenizer(source, model.config.backbone_config)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
 
 
 def shown_path(entry):
@@ -819,9 +835,7 @@ def main(argv=None):
         if training_args.wise_ft_alpha < 1.0
         else None
     )
-    tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
-    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=model.config.backbone_config)
+    tokenizer = load_tokenizer(model_args, model)
     try:
         tokenizer = add_text_normalization(tokenizer, model_args.text_normalization)
     except ValueError as e:
@@ -884,6 +898,11 @@ def main(argv=None):
         )
     try:
         train_result = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError:  # torch's weights-only loading refused a file of the checkpoint
+        raise ArgumentError(
+            f"--resume_from_checkpoint {resume}: the checkpoint cannot be loaded safely (a file in it holds Python "
+            "objects besides tensors); resume only from checkpoints this code wrote"
+        ) from None
     except KeyboardInterrupt:
         for callback in trainer.callback_handler.callbacks:  # close the progress bar now, not after our message
             if getattr(callback, "training_bar", None) is not None:
