@@ -544,11 +544,14 @@ def load_saved_model(name_or_path, device=None, **kwargs):
     The one loader of the scripts: every reason it cannot be loaded is a ValueError of one line naming
     `name_or_path` (no such directory, another kind of model, missing or damaged weights, weights that do not fit its
     config, a checkpoint that cannot be unpickled safely, a device this machine lacks), raised before any weight is
-    read where it can be. `kwargs` go to `from_pretrained` (e.g. config settings to override).
+    read where it can be. `kwargs` go to `from_pretrained`: config settings to override (`classifier_dropout=0.2`), or
+    its own options.
     """
     if device is not None:
         device = check_device(device)
     config = kwargs.pop("config", None) or MultiTaskConfig.from_saved_model(name_or_path)
+    for name in [name for name in kwargs if hasattr(config, name)]:  # config settings, as from_pretrained takes them
+        setattr(config, name, kwargs.pop(name))
     with checkpoint_errors(name_or_path):
         model, info = MultiTaskModel.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
     gaps = {what: info.get(f"{what}_keys") for what in ("missing", "unexpected")}
