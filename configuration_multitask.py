@@ -6,6 +6,8 @@ weights. `save_pretrained` / `from_pretrained` round-trip all of it through `con
 """
 
 import copy
+import inspect
+import logging
 import os
 import re
 
@@ -20,6 +22,8 @@ DEFAULT_TASKS = {
 POOLING_MODES = ("mean", "cls", "max")
 DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label with no tuned one
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
+logger = logging.getLogger(__name__)
+_SAVED_ALONGSIDE = ("auto_map", "custom_pipelines")  # config.json keys written for remote code and the pipeline
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -278,6 +282,8 @@ class MultiTaskConfig(PretrainedConfig):
         """The config of a multi-task model saved by this repository (a local directory or a Hub name), or a
         ValueError in one line that says why it is not one: no such directory, or another kind of model."""
         check_model_source(name_or_path)
+        if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            raise ValueError(f"{name_or_path}: no config.json in it; not a saved model directory")
         try:
             config_dict, _ = cls.get_config_dict(name_or_path, **kwargs)
         except OSError as e:
@@ -288,7 +294,17 @@ class MultiTaskConfig(PretrainedConfig):
                 f"{config_dict.get('model_type')!r}, expected {cls.model_type!r}); to put new heads on an encoder, "
                 "use --backbone / MultiTaskModel.from_backbone"
             )
-        return cls.from_pretrained(name_or_path, **kwargs)
+        config = cls.from_pretrained(name_or_path, **kwargs)
+        known = {*cls().to_dict(), *inspect.signature(PretrainedConfig.__init__).parameters, *_SAVED_ALONGSIDE}
+        unknown = sorted(set(config_dict) - known - set(kwargs))
+        if unknown:  # saved by a newer version of this code: what these settings change is not applied here
+            logger.warning(
+                "%s: config.json has settings this version does not know, %s: it was saved by a newer version, "
+                "whose model may compute differently; update this code to use it as saved",
+                name_or_path,
+                unknown,
+            )
+        return config
 
     @property
     def task_id2label(self):

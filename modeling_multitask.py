@@ -180,7 +180,7 @@ def check_texts(texts, allow_blank=False):
     """A str or a sequence of str -> a list of str; anything else is a TypeError naming the bad item, and a blank text
     (`is_blank`) a ValueError naming it, unless `allow_blank` (a caller with its own rule for blank lines)."""
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if isinstance(texts, (bytes, bytearray)):
         raise TypeError("texts is bytes; decode it to str first (e.g. texts.decode('utf-8'))")
     if not hasattr(texts, "__iter__"):
@@ -579,12 +579,25 @@ def load_saved_tokenizer(name_or_path, config):
             "tokenizer.save_pretrained(DIR)"
         )
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, config=config)
     except Exception as e:  # noqa: BLE001 (tokenizers and sentencepiece raise bare Exceptions)
         reason = _first_line(e)
         if "backend tokenizer" in reason or "sentencepiece" in reason:  # not a missing package: a missing file
             reason = "tokenizer.json is missing or damaged"
         raise ValueError(f"{name_or_path}: cannot load its tokenizer ({reason})") from e
+    # Without its vocabulary file a tokenizer still loads, from tokenizer_config.json alone, and reads every word as
+    # [UNK]; one larger than the encoder's vocabulary gives ids the embeddings do not have.
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ValueError(
+            f"{name_or_path}: cannot load its tokenizer (tokenizer.json is missing or damaged: no vocabulary)"
+        )
+    vocab_size = getattr(getattr(config, "backbone_config", config), "vocab_size", None)
+    if vocab_size and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"{name_or_path}: its tokenizer has {len(tokenizer)} tokens but the encoder only {vocab_size}: "
+            "not the tokenizer this model was trained with"
+        )
+    return tokenizer
 
 
 MultiTaskConfig.register_for_auto_class()
