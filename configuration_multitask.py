@@ -319,3 +319,9 @@ class MultiTaskConfig(PretrainedConfig):
     @property
     def hidden_size(self):
         return self.backbone_config.hidden_size
+
+
+# Known to AutoConfig by its model_type once this code is imported (from the repository, or as a saved model's remote
+# code that was trusted): AutoTokenizer.from_pretrained(DIR), which reads config.json to find the tokenizer class, then
+# neither asks to run the custom code again nor falls back to a bare config with a warning about its type.
+AutoConfig.register(MultiTaskConfig.model_type, MultiTaskConfig, exist_ok=True)

@@ -602,6 +602,7 @@ def load_saved_tokenizer(name_or_path, config):
 
 MultiTaskConfig.register_for_auto_class()
 MultiTaskModel.register_for_auto_class("AutoModel")
+AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)  # AutoModel on a saved config: this class
 
 __all__ = [
     "MultiTaskInference",

@@ -454,7 +454,7 @@ def test_predict_accepts_a_single_string(distilbert_config, tiny_tokenizer):
 def test_prediction_does_not_depend_on_batch(backbone_config, tiny_tokenizer, pooling):
     model = build_model(backbone_config, pooling=pooling)
     text = "i love this movie"
-    batch = [SENTENCES[0], "a", text, LONG_TEXT, ""]
+    batch = [SENTENCES[0], "a", text, LONG_TEXT, "ok"]
     (alone,) = model.predict([text], tiny_tokenizer, top_k=3)
     in_batch = model.predict(batch, tiny_tokenizer, top_k=3, batch_size=2)[2]
     for task in DEFAULT_TASKS:
