@@ -275,6 +275,39 @@ def test_the_pipeline_of_no_texts_is_no_results(make_tiny_model, bert_config, ti
 # ----- 4. a saved tokenizer, loaded the usual way ---------------------------------------------------------------------
 
 
+TOKENIZER_AFTER_MODEL = """
+import sys
+from transformers import AutoModel, AutoTokenizer
+{first}
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])  # the usual way: no trust_remote_code, no config=
+print(type(tokenizer).__name__, len(tokenizer))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "first, repo_importable",
+    [
+        ("AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)", False),  # a Hub user: the model first
+        ("import modeling_multitask", True),  # this repository's code
+    ],
+    ids=["after-the-remote-model", "with-the-repository"],
+)
+def test_autotokenizer_on_a_saved_folder_neither_asks_nor_warns(saved_tiny_model, tmp_path, first, repo_importable):
+    """A fresh interpreter with stdin closed: a prompt would read EOF, and transformers would then fall back to a bare
+    config and warn about 'a model of type'."""
+    _, tokenizer, directory = saved_tiny_model
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO) if repo_importable else ""}
+    result = subprocess.run(
+        [sys.executable, "-c", TOKENIZER_AFTER_MODEL.format(first=first), str(directory)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [type(tokenizer).__name__, str(len(tokenizer))]
+    assert "custom code" not in result.stderr and "[y/N]" not in result.stderr, result.stderr[-3000:]
+    assert "model of type" not in result.stderr, result.stderr[-3000:]
+
+
 def test_a_saved_tokenizer_loads_with_the_model_config_and_no_prompt(saved_tiny_model):
     """What the scripts do: the tokenizer of a saved model with its config, no remote code asked for."""
     model, tokenizer, directory = saved_tiny_model
