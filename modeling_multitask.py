@@ -571,8 +571,11 @@ def load_saved_tokenizer(name_or_path, config):
     """The tokenizer saved with a model (or an encoder), read with `config` (the model's config: without it,
     `AutoTokenizer` would read config.json, see its `auto_map` and ask to run remote code); a one-line ValueError
     naming `name_or_path` when there is none or it cannot be read."""
-    if os.path.isdir(name_or_path) and not any(
-        os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES
+    saved_model = hasattr(config, "backbone_config")  # saved by save_pretrained with tokenizer.json, not an encoder
+    if (
+        saved_model
+        and os.path.isdir(name_or_path)
+        and not any(os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES)
     ):
         raise ValueError(
             f"{name_or_path}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it with the model: "
@@ -591,7 +594,7 @@ def load_saved_tokenizer(name_or_path, config):
         raise ValueError(
             f"{name_or_path}: cannot load its tokenizer (tokenizer.json is missing or damaged: no vocabulary)"
         )
-    vocab_size = getattr(getattr(config, "backbone_config", config), "vocab_size", None)
+    vocab_size = getattr(config.backbone_config, "vocab_size", None) if saved_model else None
     if vocab_size and len(tokenizer) > vocab_size:
         raise ValueError(
             f"{name_or_path}: its tokenizer has {len(tokenizer)} tokens but the encoder only {vocab_size}: "

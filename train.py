@@ -447,7 +447,7 @@ def model_config(model_args):
             try:
                 backbone_config = AutoConfig.from_pretrained(source)
             except OSError as e:
-                raise ArgumentError(str(e)) from None
+                raise ArgumentError(f"--backbone {model_args.backbone}: {str(e).splitlines()[0]}") from None
             return MultiTaskConfig(backbone_config=backbone_config, **settings)
         saved = MultiTaskConfig.from_saved_model(model_args.model_name_or_path)
         for name in ARCHITECTURE_FIELDS:
@@ -513,10 +513,13 @@ def build_model(model_args, config):
 
 def load_tokenizer(model_args, model):
     """The tokenizer of the saved model or encoder being trained, or an ArgumentError of one line."""
-    source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
+    if model_args.model_name_or_path:
+        source, config = model_args.model_name_or_path, model.config
+    else:
+        source, config = resolve_backbone(model_args.backbone), model.config.backbone_config
     try:
-        return load_saved_tokenizer(source, model.config.backbone_config)
+        return load_saved_tokenizer(source, config)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import REPO, tiny_args
 from safetensors.torch import load_file, save_file
+from transformers import BertTokenizerFast
 
 import app
 import configuration_multitask
@@ -218,6 +219,21 @@ def test_a_missing_tokenizer_is_named_not_blamed_on_sentencepiece(entry, removed
     message = one_line(err)
     assert message.startswith(f"{model_copy}: ") and expected in message, message
     assert "sentencepiece" not in message
+
+
+def test_a_tokenizer_larger_than_the_encoder_vocabulary_is_refused(model_copy, tmp_path, capsys):
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    (other / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(150)])
+    )
+    BertTokenizerFast.from_pretrained(other).save_pretrained(model_copy)  # another model's tokenizer, saved over
+    status, err = run_predict(model_copy, tmp_path, capsys)
+    assert status == 1
+    assert one_line(err) == (
+        f"{model_copy}: its tokenizer has 155 tokens but the encoder only 99: not the tokenizer this model was "
+        "trained with"
+    )
 
 
 def test_an_unsafe_pickle_in_a_checkpoint_is_refused_by_train_py_resume(backbone_dir, tmp_path):
