@@ -33,11 +33,11 @@ from typing import Literal
 import gradio as gr
 import pandas as pd
 import transformers
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
 import predict
-from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskModel
+from configuration_multitask import MultiTaskConfig, looks_local
+from modeling_multitask import is_blank, load_saved_model, load_saved_tokenizer
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent  # where the Space's code comes from; never a Space folder itself
@@ -153,24 +153,17 @@ def _onnx_module():
 
 
 def _missing_local_path(name_or_path):
-    """True when `name_or_path` is meant as a local directory that is not there (rather than a Hub name)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return False
-    return (
-        path.exists()  # a file
-        or name_or_path == DEFAULT_MODEL
-        or name_or_path.startswith((".", "/", "~"))
-        or name_or_path.count("/") > 1
-        or (path.parent != Path(".") and path.parent.is_dir())  # outputs/typo
-    )
+    """True when `name_or_path` is meant as a local directory that is not there (rather than a Hub name): the
+    library's rule (`configuration_multitask.looks_local`), plus the quickstart's directory."""
+    return not Path(name_or_path).is_dir() and (looks_local(name_or_path) or name_or_path == DEFAULT_MODEL)
 
 
 def load_model(name_or_path, backend="auto"):
     """`(model, tokenizer, backend used)` for a model directory or Hub name; a ModelError with one line if it fails."""
     if _missing_local_path(name_or_path):
         hint = "; run `python train.py` first to train the quickstart model" if name_or_path == DEFAULT_MODEL else ""
-        raise ModelError(f"{name_or_path}: no such model directory{hint}")
+        what = "is a file, not a model directory" if Path(name_or_path).exists() else "no such model directory"
+        raise ModelError(f"{name_or_path}: {what}{hint}")
     local = Path(name_or_path).is_dir()
     onnx = _onnx_module() if backend != "torch" else None
     quantized = backend == "onnx-int8"
@@ -185,14 +178,14 @@ def load_model(name_or_path, backend="auto"):
         )
     try:
         if backend == "torch":
-            model = MultiTaskModel.from_pretrained(name_or_path)
+            model = load_saved_model(name_or_path)
         else:
             model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized)
-        # config=: AutoTokenizer would otherwise read config.json, see its auto_map and ask to run the remote code
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, config=model.config)
+        tokenizer = load_saved_tokenizer(name_or_path, model.config)
     except (OSError, ValueError) as e:
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        raise ModelError(f"{name_or_path}: cannot load the model: {lines[0]}") from e
+        reason = lines[0].removeprefix(f"{name_or_path}: ")  # the library's errors name the path already
+        raise ModelError(f"{name_or_path}: cannot load the model: {reason}") from e
     return model, tokenizer, backend
 
 
@@ -207,7 +200,7 @@ def top_k(model):
 def readable(tokenizer, text):
     """True when the tokenizer finds something to read in `text`: not blank, and not only characters it drops
     (zero-width spaces, control characters)."""
-    return bool(text and text.strip()) and bool(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return bool(text) and not is_blank(text) and bool(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _check_length(text, limits):

@@ -6,10 +6,13 @@ weights. `save_pretrained` / `from_pretrained` round-trip all of it through `con
 """
 
 import copy
+import inspect
+import logging
 import os
 import re
 
 from huggingface_hub import constants
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, DistilBertConfig, PretrainedConfig
 
 DEFAULT_TASKS = {
@@ -19,21 +22,43 @@ DEFAULT_TASKS = {
 POOLING_MODES = ("mean", "cls", "max")
 DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label with no tuned one
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
+logger = logging.getLogger(__name__)
+_SAVED_ALONGSIDE = ("auto_map", "custom_pipelines")  # config.json keys written for remote code and the pipeline
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
 # no task may take one of them.
 RESERVED_TASK_NAMES = ("line", "id", "embedding")
 
 
+def looks_local(name_or_path):
+    """True when `name_or_path` can only mean a local path, not a Hub name (`name` or `owner/name`): it exists, starts
+    with `.`, `/` or `~`, has more than one `/` or an OS separator other than `/`, is no valid Hub name, or names a
+    folder of an existing one (`outputs/typo` where `outputs/` exists)."""
+    name = os.fspath(name_or_path)
+    if os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    if any(sep and sep != "/" and sep in name for sep in (os.sep, os.altsep)):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return "/" in name and os.path.isdir(name.split("/")[0])
+
+
 def check_model_source(name_or_path):
-    """Fail at once, with a one-line ValueError, for a model path that does not exist: one that looks local (starts
-    with `.`, `/` or `~`, or has more than one `/`), or any name while HF_HUB_OFFLINE=1 rules out the Hub. A name that
-    may be on the Hub is left to the Hub."""
-    if os.path.isdir(name_or_path):
+    """Fail at once, with a one-line ValueError, for a model path that is not a directory: a file, a name that
+    `looks_local` but is not there, or any name while HF_HUB_OFFLINE=1 rules out the Hub. A name that may be on the
+    Hub is left to the Hub; nothing here touches the network."""
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
         return
-    if constants.HF_HUB_OFFLINE or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        offline = " (and HF_HUB_OFFLINE=1 rules out the Hub)" if constants.HF_HUB_OFFLINE else ""
-        raise ValueError(f"{name_or_path}: no such model directory{offline}")
+    if os.path.exists(name):
+        raise ValueError(f"{name}: is a file, not a model directory; give the folder that holds its config.json")
+    if looks_local(name):
+        raise ValueError(f"{name}: no such model directory")
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{name}: no such model directory (and HF_HUB_OFFLINE=1 rules out the Hub)")
 
 
 def _schema(tasks):
@@ -265,6 +290,8 @@ class MultiTaskConfig(PretrainedConfig):
         """The config of a multi-task model saved by this repository (a local directory or a Hub name), or a
         ValueError in one line that says why it is not one: no such directory, or another kind of model."""
         check_model_source(name_or_path)
+        if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            raise ValueError(f"{name_or_path}: no config.json in it; not a saved model directory")
         try:
             config_dict, _ = cls.get_config_dict(name_or_path, **kwargs)
         except OSError as e:
@@ -275,7 +302,17 @@ class MultiTaskConfig(PretrainedConfig):
                 f"{config_dict.get('model_type')!r}, expected {cls.model_type!r}); to put new heads on an encoder, "
                 "use --backbone / MultiTaskModel.from_backbone"
             )
-        return cls.from_pretrained(name_or_path, **kwargs)
+        config = cls.from_pretrained(name_or_path, **kwargs)
+        known = {*cls().to_dict(), *inspect.signature(PretrainedConfig.__init__).parameters, *_SAVED_ALONGSIDE}
+        unknown = sorted(set(config_dict) - known - set(kwargs))
+        if unknown:  # saved by a newer version of this code: what these settings change is not applied here
+            logger.warning(
+                "%s: config.json has settings this version does not know, %s: it was saved by a newer version, "
+                "whose model may compute differently; update this code to use it as saved",
+                name_or_path,
+                unknown,
+            )
+        return config
 
     @property
     def task_id2label(self):
@@ -290,3 +327,9 @@ class MultiTaskConfig(PretrainedConfig):
     @property
     def hidden_size(self):
         return self.backbone_config.hidden_size
+
+
+# Known to AutoConfig by its model_type once this code is imported (from the repository, or as a saved model's remote
+# code that was trusted): AutoTokenizer.from_pretrained(DIR), which reads config.json to find the tokenizer class, then
+# neither asks to run the custom code again nor falls back to a bare config with a warning about its type.
+AutoConfig.register(MultiTaskConfig.model_type, MultiTaskConfig, exist_ok=True)

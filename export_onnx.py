@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from configuration_multitask import check_model_source
 from onnx_multitask import DEFAULT_OPSET, MANIFEST, ONNX_DIR, export
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def main(argv=None):
     # installed": the exporter lists the vision operators it could not register; none is in a text model
     before = export_state(args.model)
     try:
+        check_model_source(args.model)  # a file, a mistyped path: said at once, as every script says it
         paths = export(args.model, opset=args.opset, quantize=args.quantize)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

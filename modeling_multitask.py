@@ -8,13 +8,17 @@ pass answers every task in `config.tasks`, single-label (softmax) or multi-label
 import copy
 import inspect
 import logging
+import os
+import pickle
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
-from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedModel
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -166,10 +170,18 @@ def positive_int(name, value, allow_none=False):
     return value
 
 
-def check_texts(texts):
-    """A str or a sequence of str -> a list of str; anything else is a TypeError naming the bad item."""
+def is_blank(text):
+    """True when `text` has nothing to read: empty, or only spaces, line breaks, control characters and invisible
+    format characters (a zero-width space, a byte-order mark, a soft hyphen...). The one test of an empty text that
+    every entry point (train.py, predict.py, the demo, `model.predict`) applies."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp") for c in text)
+
+
+def check_texts(texts, allow_blank=False):
+    """A str or a sequence of str -> a list of str; anything else is a TypeError naming the bad item, and a blank text
+    (`is_blank`) a ValueError naming it, unless `allow_blank` (a caller with its own rule for blank lines)."""
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if isinstance(texts, (bytes, bytearray)):
         raise TypeError("texts is bytes; decode it to str first (e.g. texts.decode('utf-8'))")
     if not hasattr(texts, "__iter__"):
@@ -178,6 +190,8 @@ def check_texts(texts):
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r}); every text must be a str")
+        if not allow_blank and is_blank(text):
+            raise ValueError(f"texts[{i}] is blank: there is nothing to read")
     return texts
 
 
@@ -189,6 +203,11 @@ class MultiTaskInference:
     A subclass has a `config` ([`MultiTaskConfig`]) and implements `_run_batch(encoding)` -> `(logits, embeddings)`:
     task -> `(batch, n_labels)` float tensors and a `(batch, hidden)` float tensor, on the CPU.
     """
+
+    @staticmethod
+    def check_texts(texts):
+        """`check_texts` for callers that hold only the model (the pipeline): a list of str, no blank text."""
+        return check_texts(texts)
 
     @staticmethod
     def check_options(batch_size=None, top_k=None, max_length=None):
@@ -218,7 +237,7 @@ class MultiTaskInference:
     def iter_batches(self, texts, tokenizer, batch_size=32, max_length=None):
         """Yield `(indices, logits, embeddings)` over length-sorted batches of `texts` (each batch pads little);
         `indices` are the positions of the batch's texts in `texts`, so callers put results back in input order."""
-        texts = check_texts(texts)
+        texts = check_texts(texts, allow_blank=True)  # predict/encode refuse blank texts; predict.py has its own rule
         positive_int("batch_size", batch_size)
         self.check_options(max_length=max_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
@@ -375,11 +394,12 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         encoder's `_name_or_path` (default: `name_or_path`; pass the public name when loading from a local copy, so
         that nothing machine-specific is shared). `config_kwargs` go to [`MultiTaskConfig`].
         """
-        backbone_config = AutoConfig.from_pretrained(name_or_path)
-        with pooler_weights_expected_unused(backbone_config):
-            backbone = AutoModel.from_pretrained(
-                name_or_path, config=backbone_config, **backbone_kwargs(backbone_config)
-            )
+        with checkpoint_errors(name_or_path):
+            backbone_config = AutoConfig.from_pretrained(name_or_path)
+            with pooler_weights_expected_unused(backbone_config):
+                backbone = AutoModel.from_pretrained(
+                    name_or_path, config=backbone_config, **backbone_kwargs(backbone_config)
+                )
         backbone.config._name_or_path = backbone_name or str(name_or_path)
         config = MultiTaskConfig(backbone_config=backbone.config, tasks=tasks, **config_kwargs)
         return cls(config, backbone=backbone)
@@ -473,8 +493,120 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         return logits, output.embeddings.float().cpu()
 
 
+def check_device(device):
+    """`device` as a `torch.device` this machine has; a one-line ValueError naming `device` otherwise (a CPU-only
+    torch asked for `cuda`, a GPU index it does not have, a misspelt device)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
+            raise ValueError(f"device {device!r}: this torch {torch.__version__} {why}; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS (Apple GPU) is not available here; use cpu")
+    return parsed
+
+
+@contextmanager
+def checkpoint_errors(name_or_path):
+    """Turn what transformers, safetensors and torch raise for a checkpoint that cannot be read into a one-line
+    ValueError naming `name_or_path`: missing or truncated weights, a pickle that torch will not load safely."""
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ValueError(f"{name_or_path}: its weights file is damaged ({_first_line(e)})") from None
+        raise ValueError(
+            f"{name_or_path}: the checkpoint cannot be loaded safely: its pickle file holds Python objects besides "
+            "tensors; load only a model saved as model.safetensors (save_pretrained) by someone you trust"
+        ) from None
+    except SafetensorError as e:
+        raise ValueError(f"{name_or_path}: model.safetensors is truncated or damaged ({_first_line(e)})") from None
+    except RuntimeError as e:
+        if "ignore_mismatched_sizes" not in str(e):
+            raise ValueError(f"{name_or_path}: cannot load the model ({_first_line(e)})") from None
+        raise ValueError(f"{name_or_path}: its weights do not fit its config.json (sizes differ)") from None
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{name_or_path}: cannot load the model ({_first_line(e)})") from None
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def load_saved_model(name_or_path, device=None, **kwargs):
+    """A multi-task model saved by `save_pretrained` (train.py), on `device`, every weight in place.
+
+    The one loader of the scripts: every reason it cannot be loaded is a ValueError of one line naming
+    `name_or_path` (no such directory, another kind of model, missing or damaged weights, weights that do not fit its
+    config, a checkpoint that cannot be unpickled safely, a device this machine lacks), raised before any weight is
+    read where it can be. `kwargs` go to `from_pretrained`: config settings to override (`classifier_dropout=0.2`), or
+    its own options.
+    """
+    if device is not None:
+        device = check_device(device)
+    config = kwargs.pop("config", None) or MultiTaskConfig.from_saved_model(name_or_path)
+    for name in [name for name in kwargs if hasattr(config, name)]:  # config settings, as from_pretrained takes them
+        setattr(config, name, kwargs.pop(name))
+    with checkpoint_errors(name_or_path):
+        model, info = MultiTaskModel.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
+    gaps = {what: info.get(f"{what}_keys") for what in ("missing", "unexpected")}
+    gaps = {what: sorted(keys) for what, keys in gaps.items() if keys}
+    if gaps:
+        shown = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in gaps.items()
+        )
+        raise ValueError(f"{name_or_path}: its weights do not fit its config.json ({shown})")
+    return model.to(device) if device is not None else model
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def load_saved_tokenizer(name_or_path, config):
+    """The tokenizer saved with a model (or an encoder), read with `config` (the model's config: without it,
+    `AutoTokenizer` would read config.json, see its `auto_map` and ask to run remote code); a one-line ValueError
+    naming `name_or_path` when there is none or it cannot be read."""
+    saved_model = hasattr(config, "backbone_config")  # saved by save_pretrained with tokenizer.json, not an encoder
+    if (
+        saved_model
+        and os.path.isdir(name_or_path)
+        and not any(os.path.isfile(os.path.join(name_or_path, name)) for name in TOKENIZER_FILES)
+    ):
+        raise ValueError(
+            f"{name_or_path}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it with the model: "
+            "tokenizer.save_pretrained(DIR)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, config=config)
+    except Exception as e:  # noqa: BLE001 (tokenizers and sentencepiece raise bare Exceptions)
+        reason = _first_line(e)
+        if "backend tokenizer" in reason or "sentencepiece" in reason:  # not a missing package: a missing file
+            reason = "tokenizer.json is missing or damaged"
+        raise ValueError(f"{name_or_path}: cannot load its tokenizer ({reason})") from e
+    # Without its vocabulary file a tokenizer still loads, from tokenizer_config.json alone, and reads every word as
+    # [UNK]; one larger than the encoder's vocabulary gives ids the embeddings do not have.
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ValueError(
+            f"{name_or_path}: cannot load its tokenizer (tokenizer.json is missing or damaged: no vocabulary)"
+        )
+    vocab_size = getattr(config.backbone_config, "vocab_size", None) if saved_model else None
+    if vocab_size and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"{name_or_path}: its tokenizer has {len(tokenizer)} tokens but the encoder only {vocab_size}: "
+            "not the tokenizer this model was trained with"
+        )
+    return tokenizer
+
+
 MultiTaskConfig.register_for_auto_class()
 MultiTaskModel.register_for_auto_class("AutoModel")
+AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)  # AutoModel on a saved config: this class
 
 __all__ = [
     "MultiTaskInference",
@@ -482,7 +614,11 @@ __all__ = [
     "MultiTaskModelOutput",
     "MultiTaskPreTrainedModel",
     "TaskHead",
+    "check_device",
     "check_texts",
+    "is_blank",
+    "load_saved_model",
+    "load_saved_tokenizer",
     "pool",
     "positive_int",
 ]

@@ -15,11 +15,12 @@ import csv
 import json
 import os
 import random
-import unicodedata
 from contextlib import nullcontext
 from pathlib import Path
 
 from datasets import Dataset, Features, List, Value, concatenate_datasets
+
+from modeling_multitask import is_blank
 
 IGNORE_INDEX = -100
 LABEL_SEPARATOR = "|"  # between a multi-label task's label names in a CSV/TSV cell (or any string value)
@@ -34,7 +35,6 @@ FORMATS = {
 }
 TRAINING_FORMATS = ("jsonl", "csv", "tsv", "parquet")  # plain text has no labels
 CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
-BLANK_CATEGORIES = ("Zs", "Zl", "Zp", "Cc", "Cf")  # separators, control and format (zero-width) characters
 NUL = b"\x00"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 UNCLOSED_QUOTE = "unterminated quoted field (a '\"' opened on this line is never closed)"
@@ -51,13 +51,6 @@ def file_format(path, formats, hint=""):
         known = sorted(s for s, fmt in FORMATS.items() if fmt in formats)
         raise DataError(f"{path}: unknown file type {suffix!r}; expected one of {known}{hint}")
     return FORMATS[suffix]
-
-
-def is_blank(text):
-    """True when `text` has nothing to read: empty, or only spaces, line breaks, control characters and invisible
-    format characters (a zero-width space, a byte-order mark, a soft hyphen...). The one test of an empty text that
-    every entry point (train.py, predict.py, the demo, `model.predict`) applies."""
-    return all(ch.isspace() or unicodedata.category(ch) in BLANK_CATEGORIES for ch in text)
 
 
 def text_problem(value, name):

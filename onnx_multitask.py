@@ -40,7 +40,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskInference, MultiTaskModel
+from modeling_multitask import MultiTaskInference, load_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ def _export_locked(model_dir, config, opset, quantize):
         remove_leftovers(out_dir)
         staging.mkdir()
         source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
-        model = MultiTaskModel.from_pretrained(str(model_dir), config=config).float().eval()
+        model = load_saved_model(str(model_dir), config=config).float().eval()  # damaged weights: a one-line ValueError
         written = {False: staging / GRAPH_FILES[False]}
         logger.info("exporting %s to ONNX", model_dir)
         export_fp32(model, written[False], opset)

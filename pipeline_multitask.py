@@ -35,6 +35,17 @@ class MultiTaskClassificationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, (list, tuple)) and not inputs:  # nothing to label: no results, as model.predict([])
+            options = {k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
+            self._sanitize_parameters(**options)  # bad options are still refused
+            return []
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        check = getattr(self.model, "check_texts", None)  # absent from models saved before it
+        if check is not None and isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
+            check(texts)  # a blank text is refused, as model.predict refuses it
+        return super().__call__(inputs, *args, **kwargs)
+
     def _sanitize_parameters(self, top_k=None, max_length=None):
         self.model.check_options(top_k=top_k, max_length=max_length)  # before anything runs, as model.predict does
         preprocess_params = {} if max_length is None else {"max_length": max_length}

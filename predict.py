@@ -50,10 +50,10 @@ from typing import Any, Literal
 import transformers
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
 from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskModel
+from modeling_multitask import check_device, load_saved_model, load_saved_tokenizer
 from multitask_data import FORMATS as DATA_FORMATS
 from multitask_data import DataError, file_format, iter_rows, location, text_problem
 
@@ -373,7 +373,7 @@ def predict_window(model, tokenizer, records, args):
 
 
 def load_model(args):
-    """The model and tokenizer of `args.model`, or an InputError saying why it is not a multi-task model."""
+    """The model and tokenizer of `args.model` on `args.device`, or an InputError of one line saying why not."""
     try:
         config = MultiTaskConfig.from_saved_model(args.model)
     except ValueError as e:
@@ -381,25 +381,33 @@ def load_model(args):
     clashes = sorted(set(config.tasks) & set(RESERVED_KEYS))
     if clashes:
         raise InputError(f"{args.model}: task name(s) {clashes} clash with the output keys {list(RESERVED_KEYS)}")
-    if args.backend != "torch":
-        # imported here: the torch backend needs neither onnxruntime nor the exporter's imports
-        from onnx_multitask import OnnxMultiTaskModel, has_onnx
+    try:
+        if args.backend != "torch":
+            # imported here: the torch backend needs neither onnxruntime nor the exporter's imports
+            from onnx_multitask import OnnxMultiTaskModel, has_onnx
 
-        if args.device != "cpu":
-            raise InputError(f"--backend {args.backend} runs on the CPU (ONNX Runtime); drop --device {args.device}")
-        quantized = args.backend == "onnx-int8"
-        if not has_onnx(args.model, quantized):
-            raise InputError(
-                f"{args.model}: no {args.backend} export; run python export_onnx.py --model {args.model} first"
-            )
-        try:
+            if args.device != "cpu":
+                raise InputError(
+                    f"--backend {args.backend} runs on the CPU (ONNX Runtime); drop --device {args.device}"
+                )
+            quantized = args.backend == "onnx-int8"
+            if not has_onnx(args.model, quantized):
+                raise InputError(
+                    f"{args.model}: no {args.backend} export; run python export_onnx.py --model {args.model} first"
+                )
+            # made from other weights or another config: the ValueError says to re-export
             model = OnnxMultiTaskModel.from_pretrained(args.model, quantized=quantized)
-        except ValueError as e:  # made from other weights or another config: the message says to re-export
-            raise InputError(str(e)) from None
-        return model, AutoTokenizer.from_pretrained(args.model, config=model.config)
-    model = MultiTaskModel.from_pretrained(args.model, config=config).to(args.device)
-    # config=: AutoTokenizer would otherwise read config.json, see its auto_map and ask to run the remote code
-    return model, AutoTokenizer.from_pretrained(args.model, config=model.config)
+        else:
+            try:
+                check_device(args.device)
+            except ValueError as e:
+                raise InputError(f"--device {args.device}: {str(e).split(': ', 1)[1]}") from None
+            model = load_saved_model(args.model, device=args.device, config=config)
+        return model, load_saved_tokenizer(args.model, model.config)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def check_paths(args):

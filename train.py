@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -30,7 +31,6 @@ import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import (
     AutoConfig,
-    AutoTokenizer,
     DataCollatorWithPadding,
     HfArgumentParser,
     TrainingArguments,
@@ -39,7 +39,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
 from configuration_multitask import RESERVED_TASK_NAMES, MultiTaskConfig, check_model_source
-from modeling_multitask import MultiTaskModel
+from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer
 from multitask_data import DataError, label_counts, load_split
 from pipeline_multitask import save_pipeline
 from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization, has_text_normalization
@@ -548,16 +548,39 @@ def build_model(model_args, config):
         saved_tasks = MultiTaskConfig.from_saved_model(model_args.model_name_or_path).tasks
         training = {name: getattr(config, name) for name in TRAINING_FIELDS}
         training["loss_weights"] = {task: w for task, w in config.loss_weights.items() if task in saved_tasks}
-        model = MultiTaskModel.from_pretrained(model_args.model_name_or_path, **training)
+        try:
+            model = load_saved_model(model_args.model_name_or_path, **training)
+        except ValueError as e:  # missing or damaged weights, a pickle that cannot be loaded safely: one line
+            raise ArgumentError(str(e)) from None
         for task, labels in config.tasks.items():
             if task not in saved_tasks:
                 model.add_task(task, labels, multi_label=task in config.multi_label_tasks)
         model.config.loss_weights = dict(config.loss_weights)
         return model
     settings = {k: v for k, v in config.to_dict().items() if k in ARCHITECTURE_FIELDS + TRAINING_FIELDS}
-    return MultiTaskModel.from_backbone(
-        resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
-    )
+    try:
+        return MultiTaskModel.from_backbone(
+            resolve_backbone(model_args.backbone), backbone_name=backbone_name(model_args.backbone), **settings
+        )
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+
+
+def load_tokenizer(model_args, config):
+    """The tokenizer of the saved model or encoder being trained, with `--text_normalization`; an ArgumentError of one
+    line when it cannot be read."""
+    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
+    if model_args.model_name_or_path:
+        source, read_with = model_args.model_name_or_path, config
+    else:
+        source, read_with = resolve_backbone(model_args.backbone), config.backbone_config
+    try:
+        tokenizer = add_text_normalization(load_saved_tokenizer(source, read_with), model_args.text_normalization)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
+    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
+        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
+    return tokenizer
 
 
 def shown_path(entry):
@@ -1082,6 +1105,11 @@ def main(argv=None):
             )
         try:
             train_result = trainer.train(resume_from_checkpoint=resume)
+        except pickle.UnpicklingError:  # torch's weights-only loading refused a file of the checkpoint
+            raise ArgumentError(
+                f"--resume_from_checkpoint {resume}: the checkpoint cannot be loaded safely (a file in it holds "
+                "Python objects besides tensors); resume only from checkpoints this code wrote"
+            ) from None
         except KeyboardInterrupt:
             for callback in trainer.callback_handler.callbacks:  # close the progress bar now, not after our message
                 if getattr(callback, "training_bar", None) is not None:
@@ -1176,20 +1204,6 @@ def hide_progress_bars():
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
-
-
-def load_tokenizer(model_args, config):
-    """The tokenizer of the model to train (the saved model's, or the encoder's) with `--text_normalization`."""
-    tokenizer_source = model_args.model_name_or_path or resolve_backbone(model_args.backbone)
-    # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, config=config.backbone_config)
-    try:
-        tokenizer = add_text_normalization(tokenizer, model_args.text_normalization)
-    except ValueError as e:
-        raise ArgumentError(str(e)) from None
-    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
-        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
-    return tokenizer
 
 
 def encoder_limit(config, tokenizer):

@@ -24,7 +24,7 @@ from trainer_multitask import best_thresholds, distillation_loss, make_compute_m
 # A Health/Lifestyle sentence with a negative sentiment has none of them: `[]`.
 TAGS = ["money", "fun", "good"]
 MIXED = {**TASKS, "tags": TAGS}
-TEXTS = ["the movie was good", "", "stock market price " * 30, "bad food", "the team lost the match"]
+TEXTS = ["the movie was good", "stock market price " * 30, "bad food", "the team lost the match"]
 
 
 def tags_of(row):

@@ -11,8 +11,8 @@ from helpers import TASKS
 
 from pipeline_multitask import TASK, MultiTaskClassificationPipeline, custom_pipelines, save_pipeline
 
-# Edge cases included: an empty string, characters outside the vocabulary, a text longer than the 64 positions.
-TEXTS = ["the movie was good", "", "😀 i love it!", "stock market price " * 30, "bad food", "the team lost the match"]
+# Edge cases included: characters outside the vocabulary, a text longer than the 64 positions.
+TEXTS = ["the movie was good", "😀 i love it!", "stock market price " * 30, "bad food", "the team lost the match"]
 
 
 def assert_same_predictions(actual, expected, atol=1e-5):

@@ -264,10 +264,6 @@ def test_no_free_port_in_gradios_range_is_one_line(tiny, monkeypatch, capsys):
     assert one_line(capsys) == "error: no free port in 7860-7959; choose one with --port"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="load_model raises a TypeError on a plain BERT folder until the loading helper's rework (issue 27) lands",
-)
 def test_a_plain_bert_folder_is_one_line(backbone_dir, monkeypatch, capsys):
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("a plain BERT folder was served"))
     assert app.main(["--model", backbone_dir]) == STATUS
@@ -390,10 +386,6 @@ def test_similarity_leaves_out_lines_with_nothing_to_read(tiny):
         app.similarity(model, tokenizer, "one sentence\n\u200b\n\ufeff")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="predict.py treats a blank text as a bad line once the predict helper's change (issue 27) lands",
-)
 def test_a_blank_line_in_an_uploaded_file_gets_no_labels(tiny, tmp_path):
     model, tokenizer, _ = tiny
     source = tmp_path / "uploads" / "texts.txt"
@@ -404,7 +396,6 @@ def test_a_blank_line_in_an_uploaded_file_gets_no_labels(tiny, tmp_path):
     assert info.value.message.startswith("texts.txt:2:")
 
 
-@pytest.mark.xfail(strict=False, reason="predict.py's progress bar goes off when stderr is not a terminal (issue 27)")
 def test_labelling_a_file_draws_no_progress_bar_into_a_log(tiny, tmp_path, capsys):
     model, tokenizer, _ = tiny
     source = tmp_path / "texts.txt"

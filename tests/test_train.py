@@ -67,7 +67,7 @@ def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path
             pass
         model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
         tokenizer = AutoTokenizer.from_pretrained({str(out)!r}, trust_remote_code=True)
-        print(json.dumps(model.predict(["the stock market was great", ""], tokenizer)))
+        print(json.dumps(model.predict(["the stock market was great", "ok"], tokenizer)))
         """,
         cwd=tmp_path,
     )
