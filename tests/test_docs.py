@@ -113,3 +113,20 @@ def test_link_check_reports_a_missing_file_and_a_missing_anchor(tmp_path):
 
 def test_readme_is_a_front_page_not_a_report():
     assert (REPO / "README.md").stat().st_size <= README_LIMIT
+
+
+def test_every_robustness_method_has_a_row_in_the_results_methods_table():
+    """docs/results.md's methods table explains each method the robustness benchmark can run. A method added without
+    its row fails here, and so does an unmarked row for a method that is gone (a removed method's row stays, marked
+    † with the commit that last had it)."""
+    from benchmarks.robustness import OPTIONS
+
+    text = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    section = text.split("### Methods compared", 1)[1]
+    table = [line for line in section.split("\n\n") if line.startswith("| method |")][0].splitlines()
+    names = [name.strip() for row in table[2:] for name in row.split("|")[1].split(",")]
+    kept = {name for name in names if not name.endswith("†")}
+    removed = {name.rstrip("† ") for name in names if name.endswith("†")}
+    assert set(OPTIONS) <= kept | removed, sorted(set(OPTIONS) - kept - removed)
+    assert kept <= set(OPTIONS), sorted(kept - set(OPTIONS))
+    assert "removed; last in commit" in text
