@@ -65,6 +65,7 @@ def test_output_directory_contents(trained):
     assert not list(out.glob("checkpoint-*"))  # removed at the end of a finished run (--keep_checkpoints keeps them)
 
 
+@pytest.mark.slow  # a fresh interpreter (in the fast tier: test_modeling's test_trust_remote_code_in_fresh_process)
 def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path):
     out, _ = trained
     stdout = run_child(
@@ -89,6 +90,7 @@ def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path
         assert prediction["sentiment"]["label"] in TASKS["sentiment"]
 
 
+@pytest.mark.slow  # the real command (in this process: test_cli_rejects_bad_data_before_writing_anything)
 def test_cli_bad_data_is_one_line_and_writes_nothing(tmp_path, backbone_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "topic": "Politics", "sentiment": "Positive"}])
     out = tmp_path / "out"
