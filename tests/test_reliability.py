@@ -69,6 +69,7 @@ def test_resume_last_skips_a_checkpoint_cut_short(backbone_dir, tmp_path):
     assert trainer_multitask.last_complete_checkpoint(tmp_path) is None
 
 
+@pytest.mark.slow  # two runs of 12 steps (the fast tier's check of determinism: test_train's resume test)
 def test_same_seed_same_weights_and_metrics(backbone_dir, tmp_path):
     runs = []
     for name in ("a", "b"):
@@ -250,6 +251,7 @@ def test_awkward_inputs(tiny_model, tiny_tokenizer, caplog):
         tiny_model.encode([None], tiny_tokenizer)
 
 
+@pytest.mark.slow  # 10,000 texts (the few-text version: test_modeling's test_prediction_does_not_depend_on_batch)
 def test_ten_thousand_texts_in_one_call_match_one_by_one(tiny_model, tiny_tokenizer):
     words = ["the", "film", "was", "great", "bank", "stock", "sleep", "game", "bad", "good"]
     texts = [" ".join(words[(i * 7 + j) % 10] for j in range(1 + i % 9)) for i in range(10_000)]
