@@ -292,6 +292,7 @@ def test_write_space(tiny, tmp_path):
     assert model.config.tasks == app.load_model(str(directory))[0].config.tasks
 
 
+@pytest.mark.slow  # a real process serving the app (in this process: test_write_space, test_build_app_*)
 def test_the_space_runs_app_py_with_no_arguments(tiny, tmp_path):
     """What a Space does: `python app.py` in the Space's folder, with no arguments and no repository around it, the
     address from GRADIO_SERVER_NAME/PORT; the app serves the model's tasks."""
@@ -384,6 +385,7 @@ def page(browser, served):
     context.close()
 
 
+@pytest.mark.slow  # the browser
 def test_browser_classify_shows_every_task_and_screenshot(page, served, tmp_path):
     from playwright.sync_api import expect
 
@@ -411,6 +413,7 @@ def test_browser_classify_shows_every_task_and_screenshot(page, served, tmp_path
         shutil.copyfile(shot, target)
 
 
+@pytest.mark.slow  # the browser
 def test_browser_file_upload_gives_a_jsonl_download(page, served, tmp_path):
     from playwright.sync_api import expect
 
@@ -436,6 +439,7 @@ def test_browser_file_upload_gives_a_jsonl_download(page, served, tmp_path):
             assert row[task]["label"] in labels and 0.0 <= row[task]["score"] <= 1.0
 
 
+@pytest.mark.slow  # the browser
 def test_browser_bad_file_shows_the_error(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -449,6 +453,7 @@ def test_browser_bad_file_shows_the_error(page, tmp_path):
     expect(page.locator("#predictions [data-testid=download-link]")).to_have_count(0)
 
 
+@pytest.mark.slow  # the browser
 def test_browser_similarity_matrix(page):
     from playwright.sync_api import expect
 
@@ -459,6 +464,7 @@ def test_browser_similarity_matrix(page):
     expect(table).to_contain_text("1.00")
 
 
+@pytest.mark.slow  # the browser
 def test_browser_refuses_a_file_of_another_type(page, tmp_path):
     from playwright.sync_api import expect
 
@@ -469,6 +475,7 @@ def test_browser_refuses_a_file_of_another_type(page, tmp_path):
     expect(page.get_by_test_id("toast-body")).to_contain_text("Invalid file type: slides.pdf")
 
 
+@pytest.mark.slow  # the browser
 def test_browser_refuses_a_file_over_the_upload_cap(page, tmp_path):
     from playwright.sync_api import expect
 

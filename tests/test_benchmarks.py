@@ -29,6 +29,7 @@ def run(args):
     return result.stdout
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_accuracy_benchmark_runs(backbone_dir, tmp_path):
     (tmp_path / "data").mkdir()
     data = tiny_data_dir(tmp_path / "data")
@@ -48,6 +49,7 @@ def test_accuracy_benchmark_runs(backbone_dir, tmp_path):
     assert 'multi-task runs with {"wise_ft_alpha": 0.5}' in stdout
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_speed_benchmark_runs(backbone_dir, tmp_path):
     data = tiny_data_dir(tmp_path)
     stdout = run(["benchmarks.speed", "--data_dir", str(data), "--encoder", backbone_dir,
@@ -57,6 +59,7 @@ def test_speed_benchmark_runs(backbone_dir, tmp_path):
         assert marker in stdout, stdout
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_onnx_speed_benchmark_runs(backbone_dir, tmp_path):
     from helpers import tiny_args
 
@@ -75,6 +78,7 @@ def test_onnx_speed_benchmark_runs(backbone_dir, tmp_path):
     assert (model / "onnx" / "model_int8.onnx").is_file()
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     (tmp_path / "data").mkdir()
     data = tiny_data_dir(tmp_path / "data")
@@ -121,6 +125,7 @@ def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     assert result.returncode == 1 and "the model of this run is gone" in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_emotion_benchmark_runs(backbone_dir, tmp_path):
     """benchmarks.emotion end to end on 24 rows per task and file: emotion_*.jsonl hold GoEmotions label lists."""
     (tmp_path / "data").mkdir()

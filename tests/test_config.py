@@ -201,11 +201,24 @@ def test_from_pretrained_with_the_same_tasks_loads(saved_default_model):
     assert isinstance(model.config.tasks, dict) and model.config.tasks == DEFAULT_TASKS
 
 
+@pytest.mark.slow  # the bundled encoder (the tiny one: the test below)
 def test_building_a_config_leaves_the_given_backbone_config_as_it_was(bundled_encoder_path):
     """A composite config resets its sub-configs' attention implementation; the caller's (live) one must not change."""
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(bundled_encoder_path)
+    before = encoder.config._attn_implementation
+    config = MultiTaskConfig(backbone_config=encoder.config)
+    assert encoder.config._attn_implementation == before is not None
+    assert config.backbone_config is not encoder.config
+
+
+def test_building_a_config_leaves_a_tiny_encoders_live_config_as_it_was(bert_config):
+    """The test above on the tiny BERT: a built encoder's config has its attention implementation set, as a loaded
+    one has."""
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_config(bert_config)
     before = encoder.config._attn_implementation
     config = MultiTaskConfig(backbone_config=encoder.config)
     assert encoder.config._attn_implementation == before is not None

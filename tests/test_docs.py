@@ -10,6 +10,7 @@ import pytest
 from helpers import REPO
 
 
+@pytest.mark.slow  # the bundled encoder, in a real command
 def test_similarity_example_ranks_the_paraphrase_first_with_mean_pooling():
     result = subprocess.run(
         [sys.executable, "-m", "docs.similarity"],  # as docs/design.md runs it, from the repository root

@@ -357,6 +357,7 @@ def test_transformers_composite_conventions(backbone_config):
     assert model.base_model is model.backbone  # base_model_prefix names the attribute that holds the encoder
 
 
+@pytest.mark.slow  # the bundled encoder (the tiny one: test_from_backbone_local_checkpoint)
 def test_from_backbone_bundled_encoder(bundled_encoder_path):
     model = MultiTaskModel.from_backbone(bundled_encoder_path)
     # the weights file itself, so nothing in transformers' loading path can hide a re-initialisation
@@ -466,6 +467,7 @@ def test_prediction_does_not_depend_on_batch(backbone_config, tiny_tokenizer, po
 # ----- parity with sentence-transformers (the bundled all-MiniLM-L6-v2) -----------------------------------------
 
 
+@pytest.mark.slow  # the bundled encoder, twice
 def test_encode_matches_sentence_transformers(bundled_encoder_path):
     from sentence_transformers import SentenceTransformer
 

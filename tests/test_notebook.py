@@ -1,7 +1,9 @@
 """notebooks/walkthrough.ipynb: it is what notebooks/make_walkthrough.py builds, it is stored without outputs, and it
-executes top to bottom (about 1-2 minutes on 2 CPU cores: it loads the bundled encoder and trains for 30 steps)."""
+executes top to bottom (about 1-2 minutes on 2 CPU cores: it loads the bundled encoder and trains for 30 steps;
+the slow tier, `pytest -m slow`)."""
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def test_notebook_is_stored_without_outputs():
             assert cell.outputs == [] and cell.execution_count is None, f"cell {cell.get('id')!r} has outputs"
 
 
+@pytest.mark.slow  # 1-2 minutes: a Jupyter kernel, the bundled encoder, 30 training steps
 def test_notebook_executes(tmp_path):
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -r requirements-dev.txt)")
     notebook = read_notebook()
@@ -58,7 +61,15 @@ def test_notebook_executes(tmp_path):
     printed = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
     assert printed.get("Python") == sys.executable, text
     assert printed.get("Prefix") == sys.prefix, text
-    errors = [
-        o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
-    ]
-    assert not errors
+    # execute() raised at any failing cell; what is left to check is that no check of the notebook was skipped: the
+    # parity with sentence-transformers (a requirements-dev package) ran, and so did the training run and its results
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
+    assert "parity check skipped" not in printed
+    assert re.search(r"max \|MultiTaskModel.encode - SentenceTransformer.encode\| = \d", printed), printed[-3000:]
+    assert re.search(r"mean macro-F1: validation \d\.\d{3}, test \d\.\d{3}", printed), printed[-3000:]

@@ -169,6 +169,7 @@ def test_refuses_to_append_to_a_file_it_did_not_write(saved, tmp_path, capsys):
     assert (tmp_path / "out.jsonl").read_text() == "id,label\n1,good\n"
 
 
+@pytest.mark.slow  # a real process, killed (in this process: tests/test_safety_predict.py)
 def test_killed_run_resumes_without_losing_or_repeating_a_line(saved, tmp_path):
     rng = random.Random(0)
     words = "the a movie film good bad great stock market bank money health doctor food team match win lost".split()

@@ -11,6 +11,7 @@ import sys
 import time
 
 import psutil
+import pytest
 from helpers import REPO, SLOW_PREDICT, tiny_args, write_jsonl
 
 import train
@@ -20,6 +21,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
+@pytest.mark.slow  # real processes (accelerate launch, SIGKILL)
 def test_training_with_two_processes_takes_half_the_steps_of_one(backbone_dir, tmp_path):
     # single-task files mixed: with batches of 4, some batches hold no label of one task (its head gets a zero
     # gradient, which DDP must accept)
@@ -44,6 +46,7 @@ def test_training_with_two_processes_takes_half_the_steps_of_one(backbone_dir, t
     assert (tmp_path / "two" / "model.safetensors").is_file() and not (tmp_path / "two" / ".tmp-final-model").exists()
 
 
+@pytest.mark.slow  # real processes (accelerate launch, SIGKILL)
 def test_prediction_shared_by_two_processes_killed_and_resumed_equals_one_process(saved_tiny_model, tmp_path):
     words = "the a movie film good bad great stock market bank money health doctor food team match win lost".split()
     texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + i % 13)) for i in range(3000)]

@@ -1,9 +1,12 @@
-"""Nothing lost, nothing silent: every ordinary mistake with train.py and predict.py, run as the real command.
+"""Nothing lost, nothing silent: every ordinary mistake with train.py and predict.py, as a user makes it.
 
-Each case asserts the one-line message, the exit status, that no traceback was printed and what is on disk after."""
+Each case asserts the one-line message, the exit status, that no traceback was printed and what is on disk after. The
+catalogue runs twice: in this process (`main`/`cli` with the same arguments; the fast tier) and as the real command
+(a fresh interpreter; the slow tier, `pytest -m slow`). Ctrl-C is a real signal to a real command: slow tier only."""
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -11,13 +14,19 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
+import transformers
 from helpers import REPO, SLOW_PREDICT, TASKS, tiny_args
 from transformers import AutoModel, AutoTokenizer
 
+import predict
+import train
 from modeling_multitask import MultiTaskModel
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -26,6 +35,7 @@ QUICK = ["--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "
 
 
 def command(script, *args, cwd=None, env=ENV, timeout=300):
+    """`python SCRIPT ARGS`: the real command, in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
         capture_output=True,
@@ -34,6 +44,61 @@ def command(script, *args, cwd=None, env=ENV, timeout=300):
         env=env,
         timeout=timeout,
     )
+
+
+@pytest.fixture(params=["in-process", pytest.param("command", marks=pytest.mark.slow)])
+def run(request, capsys, caplog, monkeypatch):
+    """`run(SCRIPT, *ARGS, cwd=None)` -> (returncode, stdout, stderr) of `python SCRIPT ARGS`: in this process (the
+    script's `cli`/`main`, what its `__main__` calls) or as the real command. In this process stderr holds the log
+    records, the warnings and then what was printed, as a terminal would show them."""
+    if request.param == "command":
+        return command
+    # transformers' own handler holds the stderr of the test that imported it first: let its records reach caplog
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
+
+    def in_process(script, *args, cwd=None):
+        argv = [str(a) for a in args]
+        before = os.getcwd()
+        saved = (
+            transformers.utils.logging.get_verbosity(),
+            datasets.utils.logging.get_verbosity(),
+            transformers.utils.logging.is_progress_bar_enabled(),
+            datasets.is_progress_bar_enabled(),
+        )
+        capsys.readouterr()
+        caplog.clear()
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                try:
+                    if script == "train.py":
+                        monkeypatch.setattr(sys, "argv", [script, *argv])
+                        train.cli()
+                        status = 0
+                    else:
+                        status = predict.main(argv)
+                except SystemExit as stop:
+                    status = stop.code
+        finally:
+            os.chdir(before)
+            transformers.utils.logging.set_verbosity(saved[0])
+            datasets.utils.logging.set_verbosity(saved[1])
+            (transformers.utils.logging.enable_progress_bar if saved[2] else transformers.utils.logging.disable_progress_bar)()  # fmt: skip
+            (datasets.enable_progress_bars if saved[3] else datasets.disable_progress_bars)()
+        stdout, stderr = capsys.readouterr()
+        if isinstance(status, str):  # sys.exit("error: ...") prints the line and exits with 1
+            stderr, status = f"{stderr}{status}\n", 1
+        shown = [
+            warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+            for w in caught
+            if not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning)  # hidden outside __main__
+        ]
+        stderr = caplog.text + "".join(shown) + stderr
+        return SimpleNamespace(returncode=0 if status is None else status, stdout=stdout, stderr=stderr)
+
+    return in_process
 
 
 def one_line_error(result, status=(1, 2)):
@@ -55,14 +120,14 @@ def write_lines(path, texts):
 
 @pytest.mark.parametrize("how", ["same path", "relative path", "symlink"])
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_predict_refuses_the_input_as_output(saved_tiny_model, tmp_path, how, overwrite):
+def test_predict_refuses_the_input_as_output(saved_tiny_model, tmp_path, how, overwrite, run):
     source = write_lines(tmp_path / "in.txt", TEXTS)
     before = source.read_bytes()
     output = {"same path": source, "relative path": Path("in.txt"), "symlink": tmp_path / "link.jsonl"}[how]
     if how == "symlink":
         output.symlink_to(source)
     extra = ["--overwrite"] if overwrite else []
-    result = command("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output, *extra,
+    result = run("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output, *extra,
                      cwd=tmp_path)  # fmt: skip
     assert (
         one_line_error(result)
@@ -71,32 +136,32 @@ def test_predict_refuses_the_input_as_output(saved_tiny_model, tmp_path, how, ov
     assert source.read_bytes() == before
 
 
-def test_predict_refuses_to_resume_another_input_or_model_and_says_what_differs(saved_tiny_model, tmp_path):
+def test_predict_refuses_to_resume_another_input_or_model_and_says_what_differs(saved_tiny_model, tmp_path, run):
     model_dir = saved_tiny_model[2]
     first, second = write_lines(tmp_path / "a.txt", TEXTS), write_lines(tmp_path / "b.txt", TEXTS[::-1])
     output = tmp_path / "out.jsonl"
-    assert command("predict.py", "--model", model_dir, "--input", first, "--output", output).returncode == 0
+    assert run("predict.py", "--model", model_dir, "--input", first, "--output", output).returncode == 0
     written = output.read_bytes()
 
-    other_input = command("predict.py", "--model", model_dir, "--input", second, "--output", output)
+    other_input = run("predict.py", "--model", model_dir, "--input", second, "--output", output)
     message = one_line_error(other_input)
     assert f"input {first} (now {second})" in message and "--overwrite to start over" in message
-    other_setting = command("predict.py", "--model", model_dir, "--input", first, "--output", output, "--max_length", 8)
+    other_setting = run("predict.py", "--model", model_dir, "--input", first, "--output", output, "--max_length", 8)
     assert "--max_length None (now 8)" in one_line_error(other_setting)
     assert output.read_bytes() == written  # untouched
 
     # the same input, edited in the part already labelled, is another input too
     first.write_text("changed\n" + "".join(t + "\n" for t in TEXTS[1:]), encoding="utf-8")
-    edited = command("predict.py", "--model", model_dir, "--input", first, "--output", output)
+    edited = run("predict.py", "--model", model_dir, "--input", first, "--output", output)
     assert f"the content of {first} (changed since" in one_line_error(edited)
 
 
-def test_a_second_writer_of_the_same_output_gets_a_one_line_error(saved_tiny_model, tmp_path):
+def test_a_second_writer_of_the_same_output_gets_a_one_line_error(saved_tiny_model, tmp_path, run):
     source = write_lines(tmp_path / "in.txt", TEXTS)
     output = tmp_path / "out.jsonl"
     with open(output, "a+b") as held:  # what a running predict.py holds
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = command("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output)
+        result = run("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output)
     assert (
         one_line_error(result) == f"error: {output}: another predict.py is writing this output right now; wait for it"
     )
@@ -106,7 +171,7 @@ def test_a_second_writer_of_the_same_output_gets_a_one_line_error(saved_tiny_mod
 # ----- predict.py: one-line errors that leave nothing behind ---------------------------------------------------------
 
 
-def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_model, backbone_dir, tmp_path):
+def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_model, backbone_dir, tmp_path, run):
     model_dir = saved_tiny_model[2]
     source = write_lines(tmp_path / "in.txt", TEXTS)
     bad_csv = tmp_path / "in.csv"
@@ -127,16 +192,17 @@ def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_mode
     ]  # fmt: skip
     for args, expected in cases:
         output = tmp_path / "out.jsonl"
-        message = one_line_error(command("predict.py", *args, "--output", output))
+        message = one_line_error(run("predict.py", *args, "--output", output))
         assert expected in message, (args, message)
         assert not output.exists() and not Path(f"{output}.resume.json").exists(), args
 
     nowhere = tmp_path / "no-such-folder" / "out.jsonl"
-    message = one_line_error(command("predict.py", "--model", model_dir, "--input", source, "--output", nowhere))
+    message = one_line_error(run("predict.py", "--model", model_dir, "--input", source, "--output", nowhere))
     assert message == f"error: {nowhere}: folder {nowhere.parent} does not exist; create it first"
     assert not nowhere.parent.exists()
 
 
+@pytest.mark.slow  # a real signal to a real command
 def test_ctrl_c_during_prediction_says_where_it_stopped_and_resumes(saved_tiny_model, tmp_path):
     texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(2000)]
     source, output = write_lines(tmp_path / "in.txt", texts), tmp_path / "out.jsonl"
@@ -203,36 +269,34 @@ def test_the_pipeline_checks_top_k_like_predict(saved_tiny_model):
 # ----- train.py: data loss --------------------------------------------------------------------------------------------
 
 
-def test_train_refuses_a_folder_with_another_run_and_overwrite_replaces_it(trained, backbone_dir, tmp_path):
+def test_train_refuses_a_folder_with_another_run_and_overwrite_replaces_it(trained, backbone_dir, tmp_path, run):
     out = tmp_path / "model"
     shutil.copytree(trained[0], out)
     (out / "checkpoint-7").mkdir()  # an old run's checkpoint
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
-    message = one_line_error(command("train.py", *tiny_args(backbone_dir, out, *QUICK)))
+    message = one_line_error(run("train.py", *tiny_args(backbone_dir, out, *QUICK)))
     assert message.startswith(f"error: --output_dir {out}: is not empty (holds a finished run: its model);")
     assert "--overwrite_output_dir replaces it" in message
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
     # a finished run has nothing to resume (resuming would train again over its model)
-    message = one_line_error(
-        command("train.py", *tiny_args(backbone_dir, out, *QUICK, "--resume_from_checkpoint", "last"))
-    )
+    message = one_line_error(run("train.py", *tiny_args(backbone_dir, out, *QUICK, "--resume_from_checkpoint", "last")))
     assert "holds a finished run (its model is saved): nothing to resume" in message
 
-    replaced = command("train.py", *tiny_args(backbone_dir, out, *QUICK, "--overwrite_output_dir"))
+    replaced = run("train.py", *tiny_args(backbone_dir, out, *QUICK, "--overwrite_output_dir"))
     assert replaced.returncode == 0, replaced.stderr[-3000:]
     assert not (out / "checkpoint-7").exists()  # the old run's checkpoints went with it
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
 
 
-def test_resume_last_only_picks_a_checkpoint_of_the_same_run(backbone_dir, tmp_path):
+def test_resume_last_only_picks_a_checkpoint_of_the_same_run(backbone_dir, tmp_path, run):
     import trainer_multitask
 
     out = tmp_path / "run"
     args = tiny_args(backbone_dir, out, "--max_steps", "4", "--save_steps", "2", "--save_strategy", "steps",
                      "--eval_strategy", "no", "--keep_checkpoints")  # fmt: skip
-    assert command("train.py", *args).returncode == 0
+    assert run("train.py", *args).returncode == 0
     settings = trainer_multitask.read_run_record(out)
     assert trainer_multitask.read_run_record(out / "checkpoint-4") == settings
     assert trainer_multitask.last_complete_checkpoint(out, settings) == str(out / "checkpoint-4")
@@ -242,7 +306,7 @@ def test_resume_last_only_picks_a_checkpoint_of_the_same_run(backbone_dir, tmp_p
 # ----- train.py: silent wrong results and tracebacks -> one-line errors ------------------------------------------------
 
 
-def test_train_mistakes_are_one_line_errors_that_write_nothing(backbone_dir, trained, tmp_path):
+def test_train_mistakes_are_one_line_errors_that_write_nothing(backbone_dir, trained, tmp_path, run):
     out = tmp_path / "model"
     args_file = tmp_path / "args.json"
     args_file.write_text(json.dumps({"backbone": backbone_dir, "output_dir": str(out), "learning_rat": 1e-4}))
@@ -265,26 +329,27 @@ def test_train_mistakes_are_one_line_errors_that_write_nothing(backbone_dir, tra
         base = tiny_args(backbone_dir, out, *QUICK)
         if extra[0] in ("--backbone", "--model_name_or_path"):  # instead of the tiny encoder
             base = base[2:]
-        result = command("train.py", *base, *extra)
+        result = run("train.py", *base, *extra)
         assert result.returncode != 0, extra
         message = one_line_error(result)
         assert message.startswith(expected) or expected in message, (extra, message)
         assert not out.exists(), extra
 
-    message = one_line_error(command("train.py", args_file))
+    message = one_line_error(run("train.py", args_file))
     assert "learning_rat" in message and not out.exists()
-    message = one_line_error(command("train.py", *tiny_args(backbone_dir, a_file, *QUICK)))
+    message = one_line_error(run("train.py", *tiny_args(backbone_dir, a_file, *QUICK)))
     assert message == f"error: --output_dir {a_file}: is a file; name a folder"
 
 
-def test_eval_strategy_no_turns_best_model_selection_off_with_a_notice(backbone_dir, tmp_path):
+def test_eval_strategy_no_turns_best_model_selection_off_with_a_notice(backbone_dir, tmp_path, run):
     out = tmp_path / "model"
-    result = command("train.py", *tiny_args(backbone_dir, out, "--max_steps", "2", "--eval_strategy", "no"))
+    result = run("train.py", *tiny_args(backbone_dir, out, "--max_steps", "2", "--eval_strategy", "no"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--eval_strategy no: best-model selection is off" in result.stderr
     assert (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a real signal to a real command
 def test_ctrl_c_during_training_says_how_to_resume(backbone_dir, tmp_path):
     out = tmp_path / "run"
     args = tiny_args(backbone_dir, out, "--max_steps", "400", "--save_steps", "5", "--save_strategy", "steps",
@@ -309,11 +374,11 @@ def test_ctrl_c_during_training_says_how_to_resume(backbone_dir, tmp_path):
 # ----- train.py: disk and sharing hygiene ------------------------------------------------------------------------------
 
 
-def test_finished_run_is_quiet_keeps_no_checkpoints_and_writes_shareable_files(backbone_dir, tmp_path):
+def test_finished_run_is_quiet_keeps_no_checkpoints_and_writes_shareable_files(backbone_dir, tmp_path, run):
     out = tmp_path / "model"
     args = tiny_args(backbone_dir, out, "--max_steps", "4", "--save_steps", "2", "--save_strategy", "steps",
                      "--eval_strategy", "steps", "--eval_steps", "2")  # fmt: skip
-    result = command("train.py", *args)
+    result = run("train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not list(out.glob("checkpoint-*"))
     umask = os.umask(0)
@@ -325,9 +390,7 @@ def test_finished_run_is_quiet_keeps_no_checkpoints_and_writes_shareable_files(b
 
     kept = tmp_path / "kept"
     assert (
-        command(
-            "train.py", *tiny_args(backbone_dir, kept, *args[-8:], "--max_steps", "4", "--keep_checkpoints")
-        ).returncode
+        run("train.py", *tiny_args(backbone_dir, kept, *args[-8:], "--max_steps", "4", "--keep_checkpoints")).returncode
         == 0
     )
     assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

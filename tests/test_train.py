@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, set_seed
 import train
 import trainer_multitask
 from modeling_multitask import MultiTaskModel
+from multitask_data import load_split
 
 
 def test_end_to_end_loss_falls_and_metrics_saved(trained):
@@ -25,9 +26,19 @@ def test_end_to_end_loss_falls_and_metrics_saved(trained):
     assert len(history) >= 20
     assert sum(history[-5:]) / 5 < sum(history[:5]) / 5
     saved = json.loads((out / "all_results.json").read_text())
+    # the test accuracy is the saved model's on the 32 test rows train.py read (--max_eval_samples 32), and the means
+    # are the means of the tasks' figures
+    rows = load_split([str(REPO / "data" / "test.jsonl")], TASKS, 32)
+    predictions = MultiTaskModel.from_pretrained(out).predict(rows["text"], AutoTokenizer.from_pretrained(out))
+    for task, labels in TASKS.items():
+        right = [
+            labels.index(p[task]["label"]) == gold for p, gold in zip(predictions, rows[f"labels_{task}"], strict=True)
+        ]
+        assert saved[f"test_{task}_accuracy"] == pytest.approx(sum(right) / len(right)), task
     for split in ("eval", "test"):
-        for key in ("topic_accuracy", "topic_f1", "sentiment_accuracy", "sentiment_f1", "mean_f1", "mean_accuracy"):
-            assert 0.0 <= saved[f"{split}_{key}"] <= 1.0
+        for metric in ("accuracy", "f1"):
+            tasks = [saved[f"{split}_{task}_{metric}"] for task in TASKS]
+            assert saved[f"{split}_mean_{metric}"] == pytest.approx(sum(tasks) / len(tasks))
     assert saved == pytest.approx({k: v for k, v in metrics.items() if k in saved})
     # per-task training losses are logged next to the total
     assert any(
@@ -54,6 +65,7 @@ def test_output_directory_contents(trained):
     assert not list(out.glob("checkpoint-*"))  # removed at the end of a finished run (--keep_checkpoints keeps them)
 
 
+@pytest.mark.slow  # a fresh interpreter (in the fast tier: test_modeling's test_trust_remote_code_in_fresh_process)
 def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path):
     out, _ = trained
     stdout = run_child(
@@ -78,6 +90,7 @@ def test_trained_model_loads_with_remote_code_in_fresh_process(trained, tmp_path
         assert prediction["sentiment"]["label"] in TASKS["sentiment"]
 
 
+@pytest.mark.slow  # the real command (in this process: test_cli_rejects_bad_data_before_writing_anything)
 def test_cli_bad_data_is_one_line_and_writes_nothing(tmp_path, backbone_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "topic": "Politics", "sentiment": "Positive"}])
     out = tmp_path / "out"
