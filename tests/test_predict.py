@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import SLOW_PREDICT, TASKS
 
+import labelling
 import predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +229,7 @@ def test_bad_lines_skipped_with_a_warning_naming_each(saved, tmp_path, caplog):
     records = read_output(tmp_path / "out.jsonl")
     assert [r["line"] for r in records] == [1, 7]
     assert_predictions(records, ["good", "the team lost"], saved)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "predict"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "labelling"]
     assert warnings == [f"{source}:{line}: {error}; skipped" for line, error in BAD_JSONL_ERRORS]
 
 
@@ -257,7 +258,7 @@ def test_bad_csv_rows(saved, tmp_path, caplog):
     )
     assert run(saved, source, tmp_path / "out.jsonl", "--on_error", "skip") == 0
     assert [(r["line"], r["id"]) for r in read_output(tmp_path / "out.jsonl")] == [(2, "1"), (5, "4"), (7, "5")]
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "predict"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "labelling"]
     assert warnings == [
         f"{source}:3: 3 fields, but the header has 2; skipped",
         f"{source}:4: not valid UTF-8 (invalid continuation byte at byte 3); skipped",
@@ -284,5 +285,5 @@ def test_bad_input_files(saved, tmp_path, capsys, name, content, message):
     if content is not None:
         path.write_text(content)
     assert run(saved, path, tmp_path / "out.jsonl") == 1
-    expected = "error: " + message.format(path=path, formats=sorted(predict.FORMATS))
+    expected = "error: " + message.format(path=path, formats=sorted(labelling.FORMATS))
     assert capsys.readouterr().err.strip().splitlines()[-1] == expected

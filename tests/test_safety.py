@@ -2,7 +2,6 @@
 
 Each case asserts the one-line message, the exit status, that no traceback was printed and what is on disk after."""
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from helpers import REPO, SLOW_PREDICT, TASKS, tiny_args
 from transformers import AutoModel, AutoTokenizer
 
@@ -94,8 +94,8 @@ def test_predict_refuses_to_resume_another_input_or_model_and_says_what_differs(
 def test_a_second_writer_of_the_same_output_gets_a_one_line_error(saved_tiny_model, tmp_path):
     source = write_lines(tmp_path / "in.txt", TEXTS)
     output = tmp_path / "out.jsonl"
-    with open(output, "a+b") as held:  # what a running predict.py holds
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    output.touch()  # the other writer's output
+    with FileLock(f"{output}.lock", timeout=0):  # what a running predict.py holds
         result = command("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output)
     assert (
         one_line_error(result) == f"error: {output}: another predict.py is writing this output right now; wait for it"
