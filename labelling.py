@@ -580,7 +580,7 @@ def label_file(args, model=None, tokenizer=None, progress=None):
     Raises InputError for a bad file, a bad line (on_error=fail), an output of another run or one that cannot be
     written, ModelError for a model that cannot be loaded (both UserError, of one line), and Interrupted on Ctrl-C
     (its `line`: up to which input line the output is complete)."""
-    args.format = input_format(args)
+    args = dataclasses.replace(args, format=input_format(args))  # the caller's arguments are left as they were
     output = check_paths(args)
     rank, world = process_share()
     if streamed_output(output):

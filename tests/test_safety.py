@@ -121,7 +121,7 @@ def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_mode
         (["--model", tmp_path / "nope", "--input", source], f"error: {tmp_path / 'nope'}: no such model directory"),
         (["--model", backbone_dir, "--input", source], "model_type 'bert', expected 'multitask_sentence_classifier'"),
         (["--model", distilbert, "--input", source], "model_type 'distilbert', expected"),
-        (["--model", model_dir, "--input", source, "--batch_size", 0], "error: --batch_size must be >= 1, got 0"),
+        (["--model", model_dir, "--input", source, "--batch_size", 0], "error: --batch_size must be a positive int, got 0"),
         (["--model", model_dir, "--input", bad_csv], f"error: {bad_csv}:2: unterminated quoted field"),
         (["--model", model_dir, "--input", tmp_path / "missing.txt"], f"error: {tmp_path / 'missing.txt'}: file not found"),
     ]  # fmt: skip

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from helpers import REPO
 
 import labelling
@@ -383,3 +384,25 @@ def test_dev_stdout_and_dev_stdin_are_streams(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert (tmp_path / "redirected.jsonl").read_bytes() == expected
     assert (tmp_path / "redirected.jsonl.resume.json").is_file() and not Path("/dev/stdout.resume.json").exists()
+
+
+# ----- the output lock (filelock: every OS) ---------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_in_one_line_and_the_lock_goes_with_the_run(model_dir, tmp_path, capsys):
+    source, output = write_lines(tmp_path / "in.txt", TEXTS), tmp_path / "out.jsonl"
+    output.write_bytes(b"")  # the other run's output, which it has just created
+    with FileLock(f"{output}.lock", timeout=0):  # what a running predict.py holds
+        assert run(model_dir, source, output) == 1
+    assert last_error(capsys) == f"error: {output}: another predict.py is writing this output right now; wait for it"
+    assert output.read_bytes() == b"" and not (tmp_path / "out.jsonl.resume.json").exists()
+    (tmp_path / "out.jsonl.lock").unlink()  # the other run's lock file, removed as it ends
+    output.unlink()
+    assert run(model_dir, source, output) == 0
+    assert lines_of(output) == list(range(1, len(TEXTS) + 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl", "out.jsonl.resume.json"]
+
+
+def test_no_module_locks_with_fcntl_which_windows_lacks():
+    for path in Path(labelling.__file__).parent.glob("*.py"):
+        assert "import fcntl" not in path.read_text(encoding="utf-8"), path.name
