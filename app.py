@@ -6,7 +6,7 @@ cosine similarity of sentence embeddings.
     python app.py --model outputs/multitask-minilm --write_space space/   # the files of a Hugging Face Space
 
 The tasks and their labels come from the model (`model.config.tasks`), so the app shows whatever tasks a model has.
-Files are labelled by `predict.predict`, the code behind `predict.py`. With `--backend auto` (the default) a model
+Files are labelled by `labelling.label_file`, the code behind `predict.py`. With `--backend auto` (the default) a model
 directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime, anything else on PyTorch. On a Space,
 which runs `python app.py` with no arguments, the model is `$MULTITASK_MODEL` or else the quickstart's directory.
 
@@ -35,9 +35,11 @@ import pandas as pd
 import transformers
 from transformers import HfArgumentParser
 
-import predict
+import labelling
 from configuration_multitask import MultiTaskConfig, looks_local
-from modeling_multitask import is_blank, load_saved_model, load_saved_tokenizer
+from labelling import FORMATS, LabelArguments, ModelError, as_flag, load_for_inference
+from modeling_multitask import is_blank
+from multitask_data import UserError
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent  # where the Space's code comes from; never a Space folder itself
@@ -62,7 +64,7 @@ SIMILARITY_EXAMPLE = "\n".join(
 # What a Space needs besides the model: this script and the modules it imports.
 SPACE_CODE = [
     "app.py",
-    "predict.py",
+    "labelling.py",
     "modeling_multitask.py",
     "configuration_multitask.py",
     "multitask_data.py",
@@ -131,25 +133,11 @@ class AppArguments:
             raise UsageError("--overwrite goes with --write_space (it replaces a Space folder written before)")
 
 
-class ModelError(ValueError):
-    """The model cannot be loaded; the message is one line, shown without a traceback."""
-
-
-class UsageError(ValueError):
+class UsageError(UserError):
     """A command-line mistake (a flag's value, a --write_space folder, a port in use); the message is one line."""
 
 
 # ----- loading ------------------------------------------------------------------------------------------------------
-
-
-def _onnx_module():
-    """`onnx_multitask`, or None when it (or ONNX Runtime) is not installed: imported only when an ONNX backend may
-    be used, so the PyTorch demo needs neither."""
-    try:
-        import onnx_multitask
-    except ImportError:
-        return None
-    return onnx_multitask
 
 
 def _missing_local_path(name_or_path):
@@ -159,34 +147,13 @@ def _missing_local_path(name_or_path):
 
 
 def load_model(name_or_path, backend="auto"):
-    """`(model, tokenizer, backend used)` for a model directory or Hub name; a ModelError with one line if it fails."""
-    if _missing_local_path(name_or_path):
-        hint = "; run `python train.py` first to train the quickstart model" if name_or_path == DEFAULT_MODEL else ""
-        what = "is a file, not a model directory" if Path(name_or_path).exists() else "no such model directory"
-        raise ModelError(f"{name_or_path}: {what}{hint}")
-    local = Path(name_or_path).is_dir()
-    onnx = _onnx_module() if backend != "torch" else None
-    quantized = backend == "onnx-int8"
-    if backend == "auto":
-        backend = "onnx" if onnx is not None and local and onnx.has_onnx(name_or_path) else "torch"
-    elif backend != "torch" and onnx is None:
-        raise ModelError(f"--backend {backend} needs onnx_multitask.py and onnxruntime")
-    elif backend != "torch" and local and not onnx.has_onnx(name_or_path, quantized=quantized):
-        kind = "int8" if quantized else "fp32"
+    """`(model, tokenizer, backend used)` on the CPU, by the scripts' one loader (`labelling.load_for_inference`);
+    a ModelError of one line if it fails, which for the quickstart's directory says how to make it."""
+    if name_or_path == DEFAULT_MODEL and not Path(name_or_path).exists():
         raise ModelError(
-            f"{name_or_path}: no {kind} ONNX export; run python export_onnx.py --model {name_or_path} first"
+            f"{name_or_path}: no such model directory; run `python train.py` first to train the quickstart model"
         )
-    try:
-        if backend == "torch":
-            model = load_saved_model(name_or_path)
-        else:
-            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized)
-        tokenizer = load_saved_tokenizer(name_or_path, model.config)
-    except (OSError, ValueError) as e:
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        reason = lines[0].removeprefix(f"{name_or_path}: ")  # the library's errors name the path already
-        raise ModelError(f"{name_or_path}: cannot load the model: {reason}") from e
-    return model, tokenizer, backend
+    return load_for_inference(name_or_path, backend, device="cpu")
 
 
 # ----- what the UI calls --------------------------------------------------------------------------------------------
@@ -254,7 +221,7 @@ def _heat(value):
 
 
 def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir=None, limits=None):
-    """Label an uploaded .txt/.jsonl/.csv/.tsv file with `predict.predict` and return the path of the JSONL it wrote
+    """Label an uploaded .txt/.jsonl/.csv/.tsv file with `labelling.label_file` and return the path of the JSONL it wrote
     (in a new folder under `out_dir`, default: the system's temporary folder).
 
     `progress((lines_done, total_lines), ...)` (a gr.Progress) is called after each window. A bad file or line is a
@@ -287,7 +254,7 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
             title="Line too long",
         )
     output = Path(tempfile.mkdtemp(dir=out_dir)) / f"{Path(path).stem}.predictions.jsonl"
-    args = predict.PredictArguments(
+    args = LabelArguments(
         model=str(model.config._name_or_path or "model"),
         input=path,
         output=str(output),
@@ -301,10 +268,10 @@ def label_file(model, tokenizer, path, text_field="text", progress=None, out_dir
             progress((min(lines_done, total), total), desc=f"Labelling {name}", unit="lines")
 
     try:
-        predict.predict(args, model=model, tokenizer=tokenizer, progress=report)
-        if not output.exists():  # predict.py leaves no empty output behind
-            raise predict.InputError(f"{path}: no texts to label")
-    except predict.InputError as e:
+        labelling.label_file(args, model=model, tokenizer=tokenizer, progress=report)
+        if not output.exists():  # no empty output is left behind
+            raise labelling.InputError(f"{path}: no texts to label")
+    except UserError as e:
         shutil.rmtree(output.parent)  # the lines before a bad one are not offered for download
         raise gr.Error(html.escape(str(e).replace(path, name), quote=False), title="Bad file") from None
     return str(output)
@@ -372,7 +339,7 @@ def build_app(model, tokenizer, backend=None, limits=None):
                 f"score, as `predict.py` writes it. Up to {limits.file_lines:,} lines and {limits.upload_mb} MB."
             )
             with gr.Row():
-                upload = gr.File(label="File to label", file_types=list(predict.FORMATS), elem_id="upload")
+                upload = gr.File(label="File to label", file_types=list(FORMATS), elem_id="upload")
                 with gr.Column():
                     text_field = gr.Textbox(label="Text field (JSONL, CSV)", value="text")
                     run_file = gr.Button("Label file", variant="primary")
@@ -546,8 +513,8 @@ def main(argv=None):
         transformers.utils.logging.disable_progress_bar()
     try:
         return serve(args)
-    except (UsageError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # the loader names `backend`: said as the flag
+        print(f"error: {as_flag(e, ('backend',))}", file=sys.stderr)
         return 2
     finally:
         if bars:
@@ -564,10 +531,7 @@ def serve(args):
         logger.info("wrote the Space to %s", out)
         return 0
     check_address(args.host, args.port)  # before the model is loaded: a taken port is said at once
-    try:
-        model, tokenizer, backend = load_model(args.model, args.backend)
-    except ValueError as e:  # the loader's one-line ValueError (not a model, another kind of model): said as it is
-        raise ModelError(str(e)) from None
+    model, tokenizer, backend = load_model(args.model, args.backend)
     logger.info("%s runs on %s; tasks: %s", args.model, backend, dict(model.config.tasks))
     limits = Limits(args.max_similarity_lines, args.max_chars, args.max_file_lines, args.max_upload_mb)
     demo = build_app(model, tokenizer, backend, limits)

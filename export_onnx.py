@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from configuration_multitask import check_model_source
+from multitask_data import UserError
 from onnx_multitask import DEFAULT_OPSET, MANIFEST, ONNX_DIR, export
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class ExportArguments:
 
     def __post_init__(self):
         if self.opset < 1:
-            raise ValueError(f"--opset must be >= 1, got {self.opset}")
+            raise UserError(f"--opset must be >= 1, got {self.opset}")
 
 
 def make_parser():
@@ -65,10 +66,10 @@ def main(argv=None):
             try:
                 (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
             except (OSError, ValueError, TypeError) as e:  # a file missing, malformed, naming no or a wrong argument
-                raise ValueError(f"{argv[0]}: {' '.join(str(e).split())}") from None
+                raise UserError(f"{argv[0]}: {' '.join(str(e).split())}") from None
         else:
             (args,) = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as e:  # a value __post_init__ refuses (--opset 0)
+    except UserError as e:  # a value __post_init__ refuses (--opset 0), an arguments file that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
     # The exporter and the quantiser log every graph rewrite at INFO (on the root logger); show only ours.

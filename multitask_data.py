@@ -20,9 +20,8 @@ from pathlib import Path
 
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 
-from modeling_multitask import is_blank
+from modeling_multitask import IGNORE_INDEX, is_blank
 
-IGNORE_INDEX = -100
 LABEL_SEPARATOR = "|"  # between a multi-label task's label names in a CSV/TSV cell (or any string value)
 FORMATS = {
     ".txt": "txt",
@@ -40,7 +39,13 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 UNCLOSED_QUOTE = "unterminated quoted field (a '\"' opened on this line is never closed)"
 
 
-class DataError(ValueError):
+class UserError(ValueError):
+    """A user's mistake (a flag's value, a file, a folder, a model path): every script prints its one-line message as
+    `error: ...`, without a traceback. The scripts' own kinds (train.py's ArgumentError, app.py's ModelError, ...)
+    are subclasses, so one `except UserError` catches them all."""
+
+
+class DataError(UserError):
     """Bad input data; the message is meant to be shown to the user as it is, without a traceback."""
 
 

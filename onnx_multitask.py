@@ -17,7 +17,6 @@ the export wrote (its sha256) and that the model's weights and config are still 
 running a batch differs.
 """
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ import signal
 import sys
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,13 @@ import onnx
 import onnxruntime as ort
 import torch
 import transformers
+from filelock import FileLock, Timeout
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
-from configuration_multitask import MultiTaskConfig
-from modeling_multitask import MultiTaskInference, load_saved_model
+from configuration_multitask import MultiTaskConfig, check_model_source
+from modeling_multitask import MultiTaskInference, load_saved_model, model_files, model_fingerprint, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,12 @@ ONNX_DIR = "onnx"
 GRAPH_FILES = {False: "model.onnx", True: "model_int8.onnx"}  # quantized -> file name
 MANIFEST = "export.json"
 MANIFEST_VERSION = 1
+LOCK_FILE = ".export-onnx.lock"  # in the model directory while an export runs
 STAGING_PREFIX = ".export-"  # onnx/.export-<pid>/: an export in progress (or one killed before it could clean up)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # What ONNX Runtime raises for a file it cannot load (plain Exception subclasses, not OSError or ValueError).
 ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NotImplemented,
                    ort_errors.InvalidArgument, ort_errors.NoSuchFile)  # fmt: skip
-# The files a graph is made from: the config and the weights (one file or shards with their index).
-SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                   "pytorch_model.bin.index.json")  # fmt: skip
 PARITY_TOLERANCE = 1e-4  # an export whose fp32 graph differs more than this from PyTorch on its example is refused
 # Opset 23 is the first with an Attention operator: the exporter maps the encoder's scaled_dot_product_attention to
 # one node per layer instead of MatMul/Softmax/Transpose pieces, and ONNX Runtime runs it fused. Measured on MiniLM,
@@ -90,25 +88,9 @@ def graph_path(model_dir, quantized=False):
     return Path(model_dir) / ONNX_DIR / GRAPH_FILES[quantized]
 
 
-def source_files(model_dir):
-    """Names (relative to `model_dir`) of the files an export is made from, sorted."""
-    model_dir = Path(model_dir)
-    return sorted({p.name for pattern in SOURCE_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
-
-
 def first_line(error):
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def fingerprint(model_dir):
-    """{file name: sha256} of the model's config.json and weight file(s)."""
-    return {name: sha256(Path(model_dir) / name) for name in source_files(model_dir)}
 
 
 def read_manifest(model_dir):
@@ -136,7 +118,7 @@ def redo(model_dir):
 def check_fingerprint(model_dir, manifest):
     """Raise a ValueError naming the first config or weight file that differs from the one the graphs were made from
     (or saying that the export is another model's, when none of the files it was made from is here as it was)."""
-    recorded, current = manifest.get("source") or {}, fingerprint(model_dir)
+    recorded, current = manifest.get("source") or {}, model_fingerprint(model_dir)
     if recorded and all(current.get(name) != digest for name, digest in recorded.items()):
         raise ValueError(
             f"{Path(model_dir) / ONNX_DIR} holds the ONNX export of another model (none of {sorted(recorded)} is the "
@@ -176,14 +158,11 @@ def check_model_dir(model_dir):
     """The config of the saved multi-task model in the local directory `model_dir`, or a one-line ValueError
     (PermissionError when the directory cannot be written) saying why it cannot be exported there."""
     model_dir = Path(model_dir)
-    if model_dir.is_file():
-        raise ValueError(f"{model_dir}: is a file; --model names the directory of a saved model")
-    if not model_dir.is_dir():
-        raise ValueError(f"{model_dir}: no such model directory")
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(f"{model_dir}: no config.json; not a model saved by train.py")
-    config = MultiTaskConfig.from_saved_model(str(model_dir))  # a one-line ValueError for another kind of model
-    if len(source_files(model_dir)) < 2:
+    if not model_dir.is_dir():  # a file, a folder that is not there: said as every entry point says it
+        check_model_source(str(model_dir))
+        raise ValueError(f"{model_dir}: no such model directory")  # a Hub name: an export needs a local folder
+    config = MultiTaskConfig.from_saved_model(str(model_dir))  # no config.json, another kind of model: one line
+    if len(model_files(model_dir)) < 2:
         raise ValueError(f"{model_dir}: no weights (model.safetensors) next to config.json; not a saved model")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
@@ -201,19 +180,25 @@ def check_model_dir(model_dir):
 
 @contextmanager
 def exclusive(model_dir):
-    """Hold an exclusive lock on `model_dir` (the folder itself: nothing is left behind) while exporting into it, so
-    that a second export of the same model stops with a one-line error instead of mixing its files with the first's."""
-    fd = os.open(model_dir, os.O_RDONLY)
+    """Hold an exclusive lock on `model_dir` (`LOCK_FILE` in it, through `filelock`, on every OS; removed when the
+    export ends) while exporting into it, so that a second export of the same model stops with a one-line error
+    instead of mixing its files with the first's."""
+    path = Path(model_dir) / LOCK_FILE
+    lock = FileLock(path, timeout=0)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(
-                f"{model_dir}: another export_onnx.py is exporting this model right now; wait for it"
-            ) from None
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"{model_dir}: another export_onnx.py is exporting this model right now; wait for it"
+        ) from None
+    except OSError as e:
+        raise PermissionError(f"{model_dir}: cannot lock it for the export ({e.strerror or e})") from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        with suppress(OSError):  # removed while held (filelock's peers notice); Windows removes it on release
+            path.unlink(missing_ok=True)
+        lock.release()
 
 
 @contextmanager
@@ -368,7 +353,7 @@ def _export_locked(model_dir, config, opset, quantize):
         out_dir.mkdir(exist_ok=True)
         remove_leftovers(out_dir)
         staging.mkdir()
-        source = fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
+        source = model_fingerprint(model_dir)  # before loading: the record describes exactly the files that were read
         model = load_saved_model(str(model_dir), config=config).float().eval()  # damaged weights: a one-line ValueError
         written = {False: staging / GRAPH_FILES[False]}
         logger.info("exporting %s to ONNX", model_dir)
@@ -386,7 +371,8 @@ def _export_locked(model_dir, config, opset, quantize):
             "version": MANIFEST_VERSION,
             "source": source,
             "graphs": {
-                GRAPH_FILES[q]: {"precision": "int8" if q else "fp32", "sha256": sha256(p)} for q, p in written.items()
+                GRAPH_FILES[q]: {"precision": "int8" if q else "fp32", "sha256": sha256_file(p)}
+                for q, p in written.items()
             },
             "inputs": input_names(model),
             "outputs": output_names(config),
@@ -485,4 +471,4 @@ class OnnxMultiTaskModel(MultiTaskInference):
         return logits, torch.from_numpy(embeddings)  # task -> (batch, n_labels); (batch, hidden)
 
 
-__all__ = ["OnnxMultiTaskModel", "export", "fingerprint", "graph_path", "has_onnx", "read_manifest"]
+__all__ = ["OnnxMultiTaskModel", "export", "graph_path", "has_onnx", "read_manifest"]

@@ -12,7 +12,6 @@ line: parse, read the data, build the model, train, evaluate, save, write the mo
 import copy
 import errno
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -39,8 +38,8 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
 from configuration_multitask import RESERVED_TASK_NAMES, MultiTaskConfig, check_model_source
-from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer
-from multitask_data import DataError, label_counts, load_split
+from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer, sha256_file
+from multitask_data import DataError, UserError, label_counts, load_split
 from pipeline_multitask import save_pipeline
 from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization, has_text_normalization
 from trainer_multitask import (
@@ -71,11 +70,11 @@ ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_siz
 TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError):
     """A bad command-line argument; the message names it and is shown as it is, without a traceback."""
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """The output folder cannot be written (no space left, no permission); shown in one line, without a traceback."""
 
 
@@ -758,7 +757,7 @@ def run_settings(model_args, data_args, training_args):
 
 
 def file_sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if os.path.isfile(path) else "missing"
+    return sha256_file(path)[:16] if os.path.isfile(path) else "missing"
 
 
 # What train.py writes in its output folder (itself, through Trainer, save_pretrained and the tokenizer), and what

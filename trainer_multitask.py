@@ -25,9 +25,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
 from configuration_multitask import DEFAULT_THRESHOLD  # a label's threshold until one is tuned
+from modeling_multitask import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 # A label needs this many positive validation examples for its threshold to be tuned; below it keeps 0.5 (an F1
 # maximised on a handful of positives would fit noise).
 MIN_POSITIVES_TO_TUNE = 10

@@ -31,8 +31,8 @@ from transformers import AutoTokenizer
 
 from benchmarks.common import REPO
 from benchmarks.speed import machine, real_sentences
-from modeling_multitask import MultiTaskModel
-from onnx_multitask import OnnxMultiTaskModel, export, fingerprint, graph_path, has_onnx, read_manifest
+from modeling_multitask import MultiTaskModel, model_fingerprint
+from onnx_multitask import OnnxMultiTaskModel, export, graph_path, has_onnx, read_manifest
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def parse_args(argv=None):
 
 def load_systems(model_dir, threads):
     manifest = read_manifest(model_dir)
-    if not has_onnx(model_dir, quantized=True) or manifest["source"] != fingerprint(model_dir):
+    if not has_onnx(model_dir, quantized=True) or manifest["source"] != model_fingerprint(model_dir):
         start = time.perf_counter()
         export(model_dir)
         print(f"exported {model_dir} to ONNX in {time.perf_counter() - start:.1f} s", flush=True)
@@ -196,7 +196,7 @@ def speed(args, systems, tokenizer):
             predict([text], tokenizer)
             latency[name].append(time.perf_counter() - start)
 
-    weights = sum((Path(args.model) / f).stat().st_size for f in fingerprint(args.model) if f != "config.json")
+    weights = sum((Path(args.model) / f).stat().st_size for f in model_fingerprint(args.model) if f != "config.json")
     sizes = {
         "torch": weights,
         "torch, 1 thread": weights,

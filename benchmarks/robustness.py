@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.common import load_saved_model, run_train, task_logits
 from configuration_multitask import DEFAULT_TASKS
-from modeling_multitask import MultiTaskModel
+from modeling_multitask import IGNORE_INDEX, MultiTaskModel
 from multitask_data import load_split
 from trainer_multitask import BUNDLED, TaskMetric, resolve_backbone, wise_ft
 
@@ -184,7 +184,7 @@ def dev_figures(model, tokenizer, sets):
         logits = task_logits(model, tokenizer, split["text"])
         for task in logits:
             labels = np.asarray(split[f"labels_{task}"])
-            keep = labels != -100
+            keep = labels != IGNORE_INDEX
             result = TaskMetric(keep_in_memory=True).compute(
                 predictions=logits[task][keep].argmax(-1), references=labels[keep]
             )

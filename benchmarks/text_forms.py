@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 
 from benchmarks.common import load_saved_model
 from benchmarks.robustness import dev_figures
-from multitask_data import IGNORE_INDEX, load_split
+from modeling_multitask import IGNORE_INDEX
+from multitask_data import load_split
 from text_normalization import add_text_normalization, ptb_normalizer
 from trainer_multitask import BUNDLED, resolve_backbone
 

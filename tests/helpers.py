@@ -55,11 +55,11 @@ def run_child(code, cwd):
 # interrupt it mid-run whatever the machine's speed: `python -c SLOW_PREDICT ARGS`, with the repository on PYTHONPATH.
 SLOW_PREDICT = """
 import os, sys, time
-import predict
-real = predict.predict_window
+import labelling, predict
+real = labelling.predict_window
 def slow(*args, **kwargs):
     time.sleep(float(os.environ.get("SLOW_PREDICT_DELAY", "0.05")))
     return real(*args, **kwargs)
-predict.predict_window = slow
+labelling.predict_window = slow
 sys.exit(predict.main(sys.argv[1:]))
 """

@@ -26,6 +26,7 @@ except ImportError as e:  # pragma: no cover - a set-up problem, said plainly
     raise ImportError("the demo tests need gradio: pip install -r requirements-demo.txt") from e
 
 import app
+import labelling
 import predict
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -96,7 +97,7 @@ def test_main_without_the_quickstart_model_says_to_train_it(tmp_path, monkeypatc
 def test_a_directory_without_a_model_is_one_line(tmp_path):
     with pytest.raises(app.ModelError) as info:
         app.load_model(str(tmp_path))
-    assert str(info.value).startswith(f"{tmp_path}: cannot load the model: ")
+    assert str(info.value) == f"{tmp_path}: no config.json in it; not a saved model directory"
     assert "\n" not in str(info.value)
 
 
@@ -122,7 +123,7 @@ class FakeOnnx:
 def test_backend_choice(tiny, monkeypatch, backend, exported, used, quantized):
     model, _, directory = tiny
     fake = FakeOnnx(model, exported)
-    monkeypatch.setattr(app, "_onnx_module", lambda: fake)
+    monkeypatch.setattr(labelling, "_onnx_module", lambda: fake)
     _, _, got = app.load_model(str(directory), backend)
     assert got == used
     assert fake.calls == ([] if quantized is None else [(str(directory), quantized)])
@@ -130,13 +131,13 @@ def test_backend_choice(tiny, monkeypatch, backend, exported, used, quantized):
 
 def test_onnx_backend_without_an_export_or_the_module_is_one_line(tiny, monkeypatch):
     _, _, directory = tiny
-    monkeypatch.setattr(app, "_onnx_module", lambda: FakeOnnx(None, exported=False))
-    with pytest.raises(app.ModelError, match=r": no int8 ONNX export; run python export_onnx.py --model .* first$"):
+    monkeypatch.setattr(labelling, "_onnx_module", lambda: FakeOnnx(None, exported=False))
+    with pytest.raises(app.ModelError, match=r": no onnx-int8 export; run python export_onnx.py --model .* first$"):
         app.load_model(str(directory), "onnx-int8")
-    monkeypatch.setattr(app, "_onnx_module", lambda: None)
+    monkeypatch.setattr(labelling, "_onnx_module", lambda: None)
     _, _, used = app.load_model(str(directory), "auto")  # auto falls back to PyTorch
     assert used == "torch"
-    with pytest.raises(app.ModelError, match=r"^--backend onnx needs onnx_multitask.py and onnxruntime$"):
+    with pytest.raises(app.ModelError, match=r"^backend onnx needs onnx_multitask.py and onnxruntime$"):
         app.load_model(str(directory), "onnx")
 
 
@@ -273,7 +274,7 @@ def test_build_app_shows_every_task_of_the_model(make_tiny_model, bert_config, t
     assert [label.label for label in labels] == list(OTHER_TASKS)
     assert all(label.num_top_classes == 4 for label in labels)
     (upload,) = [b for b in demo.blocks.values() if isinstance(b, gr.File) and b.elem_id == "upload"]
-    assert sorted(upload.file_types) == sorted(predict.FORMATS)
+    assert sorted(upload.file_types) == sorted(labelling.FORMATS)
 
 
 def test_write_space(tiny, tmp_path):
@@ -284,7 +285,7 @@ def test_write_space(tiny, tmp_path):
     assert readme.startswith("---\n")
     front = readme.split("---\n")[1].splitlines()
     assert {"sdk: gradio", "app_file: app.py", f"sdk_version: {gr.__version__}"} <= set(front)
-    for name in ("app.py", "predict.py", "modeling_multitask.py", "configuration_multitask.py", "multitask_data.py"):
+    for name in ("app.py", "labelling.py", "modeling_multitask.py", "configuration_multitask.py", "multitask_data.py"):
         assert (space / name).is_file(), name
     requirements = (space / "requirements.txt").read_text(encoding="utf-8")
     assert "torch==" in requirements and "transformers" in requirements and "gradio" not in requirements

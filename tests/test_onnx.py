@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import export_onnx
 import onnx_multitask
 import predict
+from modeling_multitask import sha256_file
 from onnx_multitask import OnnxMultiTaskModel, export, has_onnx
 
 # Edge cases included: characters outside the vocabulary, a text longer than the 64 tokens kept.
@@ -61,7 +62,7 @@ def test_export_writes_both_graphs_and_what_they_were_made_from(exported):
     assert has_onnx(directory) and has_onnx(directory, quantized=True)
     manifest = json.loads((directory / "onnx" / "export.json").read_text())
     assert sorted(manifest["source"]) == ["config.json", "model.safetensors"]
-    assert manifest["source"]["model.safetensors"] == onnx_multitask.sha256(directory / "model.safetensors")
+    assert manifest["source"]["model.safetensors"] == sha256_file(directory / "model.safetensors")
     assert {g["precision"] for g in manifest["graphs"].values()} == {"fp32", "int8"}
     assert manifest["opset"] >= 17 and set(manifest["versions"]) == {"torch", "transformers", "onnx", "onnxruntime"}
     assert not list((directory / "onnx").glob(".export-*"))  # no temporary file left

@@ -1,21 +1,27 @@
 """predict.py: every input format, stdin, embeddings, restart after a partial write or a real kill, bad lines."""
 
+import ast
 import csv
 import io
+import itertools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import token
+import tokenize
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import SLOW_PREDICT, TASKS
 
+import labelling
 import predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -229,7 +235,7 @@ def test_bad_lines_skipped_with_a_warning_naming_each(saved, tmp_path, caplog):
     records = read_output(tmp_path / "out.jsonl")
     assert [r["line"] for r in records] == [1, 7]
     assert_predictions(records, ["good", "the team lost"], saved)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "predict"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "labelling"]
     assert warnings == [f"{source}:{line}: {error}; skipped" for line, error in BAD_JSONL_ERRORS]
 
 
@@ -258,7 +264,7 @@ def test_bad_csv_rows(saved, tmp_path, caplog):
     )
     assert run(saved, source, tmp_path / "out.jsonl", "--on_error", "skip") == 0
     assert [(r["line"], r["id"]) for r in read_output(tmp_path / "out.jsonl")] == [(2, "1"), (5, "4"), (7, "5")]
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "predict"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "labelling"]
     assert warnings == [
         f"{source}:3: 3 fields, but the header has 2; skipped",
         f"{source}:4: not valid UTF-8 (invalid continuation byte at byte 3); skipped",
@@ -285,5 +291,90 @@ def test_bad_input_files(saved, tmp_path, capsys, name, content, message):
     if content is not None:
         path.write_text(content)
     assert run(saved, path, tmp_path / "out.jsonl") == 1
-    expected = "error: " + message.format(path=path, formats=sorted(predict.FORMATS))
+    expected = "error: " + message.format(path=path, formats=sorted(labelling.FORMATS))
     assert capsys.readouterr().err.strip().splitlines()[-1] == expected
+
+
+# ----- the library behind the scripts (labelling.py) ------------------------------------------------------------------
+
+
+def test_label_texts_gives_the_rows_that_label_file_writes(saved, tmp_path):
+    model, tokenizer, directory = saved
+    source = write_lines(tmp_path / "in.txt", TEXTS)
+    assert run(saved, source, tmp_path / "out.jsonl", "--batch_size", "2", "--window", "3") == 0
+    rows = list(labelling.label_texts(model, tokenizer, TEXTS, batch_size=2, window=3))
+    assert rows == read_output(tmp_path / "out.jsonl")  # same windows, same batches: the same lines and scores
+    loaded, loaded_tokenizer, backend = labelling.load_for_inference(str(directory))
+    assert backend == "torch"
+    records = [labelling.Record(10, text="bad food", id="x")]
+    (row,) = labelling.label_texts(loaded, loaded_tokenizer, records, with_embeddings=True)
+    assert (row["line"], row["id"], len(row["embedding"])) == (10, "x", model.config.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"), [(["good", "\u200b"], "texts[1] is blank"), ([b"x"], "texts[0] is bytes")]
+)
+def test_label_texts_refuses_a_text_with_nothing_to_read_naming_it(saved, texts, message):
+    model, tokenizer, _ = saved
+    with pytest.raises(labelling.UserError, match=re.escape(message)):
+        list(labelling.label_texts(model, tokenizer, texts))
+    with pytest.raises(labelling.UserError, match=r"^batch_size must be a positive int, got 0$"):
+        list(labelling.label_texts(model, tokenizer, ["good"], batch_size=0))
+
+
+def test_as_flag_names_the_flag_of_a_library_error():
+    names = ("batch_size", "device", "backend")
+    assert labelling.as_flag(ValueError("batch_size must be a positive int, got 0"), names) == (
+        "--batch_size must be a positive int, got 0"
+    )
+    assert (
+        labelling.as_flag(ValueError("device 'gpu': not a torch device"), names) == "--device gpu: not a torch device"
+    )
+    assert labelling.as_flag(ValueError("backend onnx needs onnxruntime"), names) == "--backend onnx needs onnxruntime"
+    assert labelling.as_flag(ValueError("in.txt: file not found"), names) == "in.txt: file not found"
+
+
+def test_every_scripts_error_for_a_users_mistake_is_a_user_error():
+    import app
+    import export_onnx
+    import train
+    from multitask_data import DataError, UserError
+
+    for kind in (DataError, labelling.InputError, labelling.ModelError, app.UsageError, app.ModelError,
+                 train.ArgumentError, train.OutputError):  # fmt: skip
+        assert issubclass(kind, UserError) and issubclass(kind, ValueError), kind
+    with pytest.raises(UserError):
+        export_onnx.ExportArguments(model="m", opset=0)
+
+
+def test_no_module_imports_a_script_and_ignore_index_has_one_home():
+    scripts = {"train", "predict", "app", "export_onnx"}
+    modules = [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("benchmarks/*.py")]
+    for path in modules:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}  # fmt: skip
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module}  # fmt: skip
+        assert not imported & (scripts - {path.stem}), f"{path.name} imports the script(s) {imported & scripts}"
+        homes = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "IGNORE_INDEX" for t in node.targets)]  # fmt: skip
+        assert not homes or path.name == "modeling_multitask.py", f"{path.name} defines IGNORE_INDEX again"
+        tokens = [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(path.read_text("utf-8")).readline)]
+        literal = any(a == (token.OP, "-") and b == (token.NUMBER, "100") for a, b in itertools.pairwise(tokens))
+        assert not literal or path.name == "modeling_multitask.py", f"{path.name} writes -100, not IGNORE_INDEX"
+
+
+def test_the_resume_record_and_the_onnx_export_name_the_model_by_one_fingerprint(saved, tmp_path):
+    from modeling_multitask import model_fingerprint, sha256_file
+
+    directory = saved[2]
+    source = write_lines(tmp_path / "in.txt", TEXTS[:2])
+    assert run(saved, source, tmp_path / "out.jsonl") == 0
+    record = json.loads((tmp_path / "out.jsonl.resume.json").read_text(encoding="utf-8"))
+    fingerprint = model_fingerprint(directory)
+    assert sorted(fingerprint) == ["config.json", "model.safetensors"]
+    assert fingerprint["model.safetensors"] == sha256_file(Path(directory) / "model.safetensors")
+    assert record["model"] == labelling.model_identity(str(directory))
+    assert record["input"]["sha256"] == sha256_file(source)
+    assert not (tmp_path / "out.jsonl.lock").exists()  # the lock is gone with the run

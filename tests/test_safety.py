@@ -4,7 +4,6 @@ Each case asserts the one-line message, the exit status, that no traceback was p
 catalogue runs twice: in this process (`main`/`cli` with the same arguments; the fast tier) and as the real command
 (a fresh interpreter; the slow tier, `pytest -m slow`). Ctrl-C is a real signal to a real command: slow tier only."""
 
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import datasets
 import pytest
 import torch
 import transformers
+from filelock import FileLock
 from helpers import REPO, SLOW_PREDICT, TASKS, tiny_args
 from transformers import AutoModel, AutoTokenizer
 
@@ -159,8 +159,8 @@ def test_predict_refuses_to_resume_another_input_or_model_and_says_what_differs(
 def test_a_second_writer_of_the_same_output_gets_a_one_line_error(saved_tiny_model, tmp_path, run):
     source = write_lines(tmp_path / "in.txt", TEXTS)
     output = tmp_path / "out.jsonl"
-    with open(output, "a+b") as held:  # what a running predict.py holds
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    output.touch()  # the other writer's output
+    with FileLock(f"{output}.lock", timeout=0):  # what a running predict.py holds
         result = run("predict.py", "--model", saved_tiny_model[2], "--input", source, "--output", output)
     assert (
         one_line_error(result) == f"error: {output}: another predict.py is writing this output right now; wait for it"
@@ -186,7 +186,7 @@ def test_predict_mistakes_are_one_line_errors_that_write_nothing(saved_tiny_mode
         (["--model", tmp_path / "nope", "--input", source], f"error: {tmp_path / 'nope'}: no such model directory"),
         (["--model", backbone_dir, "--input", source], "model_type 'bert', expected 'multitask_sentence_classifier'"),
         (["--model", distilbert, "--input", source], "model_type 'distilbert', expected"),
-        (["--model", model_dir, "--input", source, "--batch_size", 0], "error: --batch_size must be >= 1, got 0"),
+        (["--model", model_dir, "--input", source, "--batch_size", 0], "error: --batch_size must be a positive int, got 0"),
         (["--model", model_dir, "--input", bad_csv], f"error: {bad_csv}:2: unterminated quoted field"),
         (["--model", model_dir, "--input", tmp_path / "missing.txt"], f"error: {tmp_path / 'missing.txt'}: file not found"),
     ]  # fmt: skip

@@ -4,7 +4,6 @@ once, a folder that is not a model, a model without its tokenizer, a read-only f
 serving the folder from anywhere. Each case asserts the one-line message, the exit status and what is on disk."""
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -15,12 +14,14 @@ import time
 
 import onnx
 import pytest
+from filelock import FileLock
 from helpers import REPO, TASKS, run_child
 from onnx import numpy_helper
 
 import export_onnx
 import onnx_multitask
 import predict
+from modeling_multitask import sha256_file
 from onnx_multitask import OnnxMultiTaskModel, export
 
 TEXTS = ["the movie was good", "bad food", "the team lost", "stock market price", "i love it", "sad news today"]
@@ -130,7 +131,7 @@ def test_a_graph_onnx_runtime_cannot_load_is_one_line(model_dir, tmp_path, capsy
     path = onnx_multitask.graph_path(model_dir)
     path.write_bytes(b"not a graph")
     manifest = json.loads((model_dir / "onnx" / "export.json").read_text())
-    manifest["graphs"]["model.onnx"]["sha256"] = onnx_multitask.sha256(path)
+    manifest["graphs"]["model.onnx"]["sha256"] = sha256_file(path)
     (model_dir / "onnx" / "export.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError) as error:
         OnnxMultiTaskModel.from_pretrained(model_dir)
@@ -147,8 +148,8 @@ def test_the_demo_reports_an_altered_graph_in_one_line(model_dir):
     with pytest.raises(app.ModelError) as error:
         app.load_model(str(model_dir), backend="auto")
     assert str(error.value) == (
-        f"{model_dir}: cannot load the model: {onnx_multitask.graph_path(model_dir)} is not the graph that export.json "
-        f"records (sha256 differs: altered, cut short or copied from another export); {REDO.format(model_dir)}"
+        f"{onnx_multitask.graph_path(model_dir)} is not the graph that export.json records (sha256 differs: altered, "
+        f"cut short or copied from another export); {REDO.format(model_dir)}"
     )
 
 
@@ -363,8 +364,9 @@ def test_export_mistakes_are_one_line_errors_that_write_nothing(exported, tmp_pa
     (onnx_is_a_file / "onnx").write_text("my notes")
     cases = [
         (["--model", exported / "model.safetensors"],
-         f"error: {exported / 'model.safetensors'}: is a file; --model names the directory of a saved model"),
-        (["--model", empty], f"error: {empty}: no config.json; not a model saved by train.py"),
+         f"error: {exported / 'model.safetensors'}: is a file, not a model directory; give the folder that holds its "
+         "config.json"),
+        (["--model", empty], f"error: {empty}: no config.json in it; not a saved model directory"),
         (["--model", no_tokenizer],
          f"error: {no_tokenizer}: no tokenizer (tokenizer.json or tokenizer_config.json) saved with the model, and the "
          "graphs take token ids; save it there first (tokenizer.save_pretrained)"),
@@ -396,15 +398,13 @@ def test_a_read_only_onnx_folder_is_refused_and_kept(model_dir, capsys, monkeypa
 
 def test_a_second_export_of_the_same_model_at_once_is_refused(model_dir, capsys):
     before = snapshot(model_dir)
-    fd = os.open(model_dir, os.O_RDONLY)  # what a running export holds
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held = model_dir / onnx_multitask.LOCK_FILE
+    with FileLock(held, timeout=0):  # what a running export holds
         assert run_export(capsys, "--model", model_dir) == (
             1,
             f"error: {model_dir}: another export_onnx.py is exporting this model right now; wait for it",
         )
-    finally:
-        os.close(fd)
+    held.unlink()  # the other export's lock file, removed as it ends
     assert snapshot(model_dir) == before
 
 

@@ -2,7 +2,7 @@
 from stdin, an empty input, progress bars in logs, mixed single- and multi-process runs on one output.
 
 In-process where the harm shows there (`predict.main`, capsys/caplog, a failing write simulated by replacing
-`predict.write_all`); the real command, marked slow, where only it shows the harm (/dev/full, /dev/stdout, a pipe)."""
+`labelling.write_all`); the real command, marked slow, where only it shows the harm (/dev/full, /dev/stdout, a pipe)."""
 
 import errno
 import io
@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from helpers import REPO
 
+import labelling
 import predict
 from multitask_data import is_blank, load_entry
 
@@ -120,8 +122,8 @@ def test_a_utf16_file_is_not_labelled_as_garbage(model_dir, tmp_path, capsys, da
 
 
 def failing_write(monkeypatch, target, after, exception):
-    """Replace predict.write_all: the writes to `target` after the first `after` write half their data, then raise."""
-    real, calls = predict.write_all, []
+    """Replace labelling.write_all: the writes to `target` after the first `after` write half their data, then raise."""
+    real, calls = labelling.write_all, []
 
     def write_all(out, data):
         if str(out.name) != str(target):
@@ -132,7 +134,7 @@ def failing_write(monkeypatch, target, after, exception):
         real(out, data[: len(data) // 2])
         raise exception
 
-    monkeypatch.setattr(predict, "write_all", write_all)
+    monkeypatch.setattr(labelling, "write_all", write_all)
     return calls
 
 
@@ -227,7 +229,7 @@ def test_an_input_with_nothing_to_label_says_so(model_dir, tmp_path, caplog, con
     source.write_text(content, encoding="utf-8")
     assert run(model_dir, source, output, *options) == 0
     assert not output.exists() and not Path(f"{output}.resume.json").exists()
-    messages = [r.getMessage() for r in caplog.records if r.name == "predict"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "labelling"]
     assert f"{source}: no texts to label; {output} not written" in messages
     assert f"wrote {output}" not in messages
 
@@ -274,10 +276,10 @@ def test_a_shared_run_refuses_parts_of_another_size_or_an_output_grown_since(mod
     import torch.distributed as dist
 
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("the refusal comes before this"))
-    monkeypatch.setattr(predict, "process_share", lambda: (0, 3))
+    monkeypatch.setattr(labelling, "process_share", lambda: (0, 3))
     assert run(model_dir, source, output) == 1
     assert "a run shared among 2 processes stopped before it finished" in last_error(capsys)
-    monkeypatch.setattr(predict, "process_share", lambda: (0, 2))
+    monkeypatch.setattr(labelling, "process_share", lambda: (0, 2))
     assert run(model_dir, source, output) == 1
     assert last_error(capsys) == (
         f"error: {output}: changed since the 2-process run whose parts are in {parts} started (it held predictions up "
@@ -293,8 +295,8 @@ def test_merging_parts_that_repeat_a_line_is_refused_and_changes_nothing(tmp_pat
     parts.mkdir()
     (parts / "part-0-of-2.jsonl").write_text('{"line": 2}\n{"line": 3}\n')
     (parts / "part-1-of-2.jsonl").write_text('{"line": 4}\n')
-    with pytest.raises(predict.InputError, match=r"hold input line 2 after line 2: they are not all of this run"):
-        predict.merge_parts(sorted(parts.glob("*.jsonl")), output, {}, floor=2)
+    with pytest.raises(labelling.InputError, match=r"hold input line 2 after line 2: they are not all of this run"):
+        labelling.merge_parts(sorted(parts.glob("*.jsonl")), output, {}, floor=2)
     assert output.read_text() == '{"line": 1}\n{"line": 2}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.parts"]
 
@@ -305,10 +307,10 @@ def test_merging_parts_that_repeat_a_line_is_refused_and_changes_nothing(tmp_pat
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--window", 0], "error: --window must be >= 1, got 0"),
-        (["--window", -5], "error: --window must be >= 1, got -5"),
-        (["--max_length", 0], "error: --max_length must be >= 1, got 0"),
-        (["--batch_size", -1], "error: --batch_size must be >= 1, got -1"),
+        (["--window", 0], "error: --window must be a positive int, got 0"),
+        (["--window", -5], "error: --window must be a positive int, got -5"),
+        (["--max_length", 0], "error: --max_length must be a positive int, got 0"),
+        (["--batch_size", -1], "error: --batch_size must be a positive int, got -1"),
     ],
 )
 def test_zero_and_negative_numbers(model_dir, tmp_path, capsys, options, message):
@@ -382,3 +384,25 @@ def test_dev_stdout_and_dev_stdin_are_streams(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     assert (tmp_path / "redirected.jsonl").read_bytes() == expected
     assert (tmp_path / "redirected.jsonl.resume.json").is_file() and not Path("/dev/stdout.resume.json").exists()
+
+
+# ----- the output lock (filelock: every OS) ---------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_in_one_line_and_the_lock_goes_with_the_run(model_dir, tmp_path, capsys):
+    source, output = write_lines(tmp_path / "in.txt", TEXTS), tmp_path / "out.jsonl"
+    output.write_bytes(b"")  # the other run's output, which it has just created
+    with FileLock(f"{output}.lock", timeout=0):  # what a running predict.py holds
+        assert run(model_dir, source, output) == 1
+    assert last_error(capsys) == f"error: {output}: another predict.py is writing this output right now; wait for it"
+    assert output.read_bytes() == b"" and not (tmp_path / "out.jsonl.resume.json").exists()
+    (tmp_path / "out.jsonl.lock").unlink()  # the other run's lock file, removed as it ends
+    output.unlink()
+    assert run(model_dir, source, output) == 0
+    assert lines_of(output) == list(range(1, len(TEXTS) + 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.jsonl", "out.jsonl.resume.json"]
+
+
+def test_no_module_locks_with_fcntl_which_windows_lacks():
+    for path in Path(labelling.__file__).parent.glob("*.py"):
+        assert "import fcntl" not in path.read_text(encoding="utf-8"), path.name
