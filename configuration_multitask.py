@@ -298,6 +298,12 @@ class MultiTaskConfig(PretrainedConfig):
                 f"{config_dict.get('model_type')!r}, expected {cls.model_type!r}); to put new heads on an encoder, "
                 "use --backbone / MultiTaskModel.from_backbone"
             )
+        for name, off in _REMOVED_SETTINGS.items():
+            if config_dict.get(name, off) not in (off, None):
+                raise ValueError(
+                    f"{name_or_path}: its config.json has {name} {config_dict[name]!r}, a setting this version removed "
+                    f"(last in commit 1c682d9); its weights do not fit this model (only {name} {off!r} loads)"
+                )
         config = cls.from_pretrained(name_or_path, **kwargs)
         known = {
             *cls().to_dict(),
