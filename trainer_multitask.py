@@ -487,7 +487,7 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
     """Optimizer groups: heads at `head_lr`; encoder layer i of L at `lr * layer_decay ** (L - i)`, embeddings at
     `lr * layer_decay ** (L + 1)`; everything else at `lr`. Frozen parameters are left out."""
     layer_of = {}
-    blocks = model.encoder_depths()  # a task's copies of the top layers are at the depth of the block they copy
+    blocks = model.encoder_depths()
     for i, depth in enumerate(blocks):
         for p in (p for block in depth for p in block.parameters()):
             layer_of[id(p)] = i
@@ -508,7 +508,7 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
     return [{"params": params, "lr": rate, "weight_decay": wd} for (rate, wd), params in groups.items()]
 
 
-# ----- robustness: selection over named evaluation sets, LP-FT, weight averaging, WiSE-FT ----------------------------
+# ----- robustness: selection over named evaluation sets, WiSE-FT ----------------------------------------------------
 
 
 def selection_metrics(metrics, sets, prefix="eval"):
