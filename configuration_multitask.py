@@ -24,6 +24,10 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label w
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 logger = logging.getLogger(__name__)
 _SAVED_ALONGSIDE = ("auto_map", "custom_pipelines")  # config.json keys written for remote code and the pipeline
+# Settings of earlier versions, removed since (their comparison was measured and lost, docs/results.md), with the value
+# that meant "off": a config.json with that value (or without the key) loads as before; with any other value the
+# weights do not fit this model, and loading it is refused in one line.
+_REMOVED_SETTINGS = {"task_layers": 0}  # partial sharing: each task its own copy of the encoder's top layers
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
 # no task may take one of them.
@@ -89,11 +93,6 @@ class MultiTaskConfig(PretrainedConfig):
             Size of an optional hidden layer in every head; 0 means each head is a single linear layer.
         head_activation (`str`, *optional*, defaults to `"gelu"`):
             Activation of the hidden layer (`"gelu"`, `"relu"` or `"tanh"`); unused when `head_hidden_size` is 0.
-        task_layers (`int`, *optional*, defaults to 0):
-            Partial sharing: the encoder's top `task_layers` transformer blocks are not shared; every task has its
-            own copy of them (started from the pretrained blocks), on top of the shared lower blocks. 0: the whole
-            encoder is shared, the original design. Each task's blocks cost one block's compute per task and layer;
-            `embeddings` (`encode`) are then the pooled output of the shared blocks.
         loss_weights (`dict[str, float]`, *optional*):
             Weight of each task's mean cross-entropy in the total loss. Tasks not named get 1.0, so the default is
             the plain sum of the original design.
@@ -126,7 +125,6 @@ class MultiTaskConfig(PretrainedConfig):
         max_seq_length=None,
         multi_label_tasks=None,
         label_thresholds=None,
-        task_layers=0,
         **kwargs,
     ):
         if backbone_config is None:
@@ -154,14 +152,13 @@ class MultiTaskConfig(PretrainedConfig):
             isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 1
         ):
             raise ValueError(f"max_seq_length must be a positive int or None, got {max_seq_length!r}")
-        depth = getattr(backbone_config, "num_hidden_layers", None)
-        if isinstance(task_layers, bool) or not isinstance(task_layers, int) or task_layers < 0:
-            raise ValueError(f"task_layers must be an int >= 0 (0 = the whole encoder shared), got {task_layers!r}")
-        if task_layers and depth is not None and task_layers >= depth:
-            raise ValueError(
-                f"task_layers {task_layers} leaves no shared layer: the encoder has {depth} layers, so at most "
-                f"{depth - 1} can be task-specific"
-            )
+        for name, off in _REMOVED_SETTINGS.items():
+            value = kwargs.pop(name, off)
+            if value is not None and value != off:
+                raise ValueError(
+                    f"{name} {value!r}: this setting was removed (last in commit 1c682d9); a model saved with it "
+                    f"cannot be loaded by this version (only {name} {off!r} can)"
+                )
 
         self.backbone_config = backbone_config
         self.tasks = tasks
@@ -173,7 +170,6 @@ class MultiTaskConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.multi_label_tasks = multi_label_tasks
         self.label_thresholds = {task: [float(t) for t in values] for task, values in (label_thresholds or {}).items()}
-        self.task_layers = task_layers
         super().__init__(**kwargs)
 
     @staticmethod
@@ -302,8 +298,19 @@ class MultiTaskConfig(PretrainedConfig):
                 f"{config_dict.get('model_type')!r}, expected {cls.model_type!r}); to put new heads on an encoder, "
                 "use --backbone / MultiTaskModel.from_backbone"
             )
+        for name, off in _REMOVED_SETTINGS.items():
+            if config_dict.get(name, off) not in (off, None):
+                raise ValueError(
+                    f"{name_or_path}: its config.json has {name} {config_dict[name]!r}, a setting this version removed "
+                    f"(last in commit 1c682d9); its weights do not fit this model (only {name} {off!r} loads)"
+                )
         config = cls.from_pretrained(name_or_path, **kwargs)
-        known = {*cls().to_dict(), *inspect.signature(PretrainedConfig.__init__).parameters, *_SAVED_ALONGSIDE}
+        known = {
+            *cls().to_dict(),
+            *inspect.signature(PretrainedConfig.__init__).parameters,
+            *_SAVED_ALONGSIDE,
+            *_REMOVED_SETTINGS,
+        }
         unknown = sorted(set(config_dict) - known - set(kwargs))
         if unknown:  # saved by a newer version of this code: what these settings change is not applied here
             logger.warning(

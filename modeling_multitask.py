@@ -5,7 +5,6 @@ pass answers every task in `config.tasks`, single-label (softmax) or multi-label
 `labels_<task>` keyword arguments, -100 = no label.
 """
 
-import copy
 import hashlib
 import inspect
 import logging
@@ -335,20 +334,6 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         else:
             config.backbone_config = backbone.config  # one config object, with the attention the encoder resolved
         self.backbone = backbone
-        # Partial sharing: the top `task_layers` blocks leave the shared encoder, and each task gets its own copy of
-        # them. A pretrained encoder's copies keep its pretrained weights: they carry the loaded-weights mark that
-        # tells post_init's initialisation to leave them alone.
-        self._blocks_name = find_encoder_blocks(backbone) if config.task_layers else None
-        self.task_layers = nn.ModuleDict()
-        if config.task_layers:
-            blocks = backbone.get_submodule(self._blocks_name)
-            top = list(blocks[len(blocks) - config.task_layers :])
-            del blocks[len(blocks) - config.task_layers :]
-            self.task_layers.update({task: nn.ModuleList(copy.deepcopy(top)) for task in config.tasks})
-            self._block_inputs = None
-            # the last shared block's other inputs (the attention mask as the encoder prepared it, ...) are what
-            # each task's blocks take as well
-            blocks[-1].register_forward_pre_hook(self._keep_block_inputs, with_kwargs=True)
         self.heads = nn.ModuleDict(
             {
                 task: TaskHead(
@@ -364,21 +349,14 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         self._backbone_takes_token_type_ids = "token_type_ids" in inspect.signature(self.backbone.forward).parameters
         self.post_init()
 
-    def _keep_block_inputs(self, module, args, kwargs):
-        self._block_inputs = (args[1:], kwargs)
-
     def encoder_depths(self):
-        """The encoder's transformer blocks by depth, bottom up, one list per depth: the shared blocks alone, then
-        each task's copies of the top `config.task_layers` blocks side by side (what freezing the lower layers and
-        layer-wise learning-rate decay count in)."""
-        name = self._blocks_name or find_encoder_blocks(self.backbone)
-        depths = [[block] for block in self.backbone.get_submodule(name)]
-        return depths + [[branch[i] for branch in self.task_layers.values()] for i in range(self.config.task_layers)]
+        """The encoder's transformer blocks by depth, bottom up, one list per depth (what freezing the lower layers
+        and layer-wise learning-rate decay count in)."""
+        return [[block] for block in self.backbone.get_submodule(find_encoder_blocks(self.backbone))]
 
     def encoder_modules(self):
-        """The encoder, by attribute name: the shared encoder and each task's copies of its top layers (empty with
-        `config.task_layers` 0). Everything but the heads; what freezing the encoder and LP-FT freeze."""
-        return {"backbone": self.backbone, "task_layers": self.task_layers}
+        """The encoder, by attribute name: everything but the heads; what freezing the encoder freezes."""
+        return {"backbone": self.backbone}
 
     def encoder_state_dict(self):
         """Every tensor of `encoder_modules()`, named as in the model's state dict: what WiSE-FT interpolates."""
@@ -407,9 +385,8 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         return cls(config, backbone=backbone)
 
     def add_task(self, name, labels, multi_label=False):
-        """Add task `name` (label names `labels`; multi-label or not) with a freshly initialised head (and, with
-        `config.task_layers`, its own copy of the first task's top layers), and record it in the config, so
-        `save_pretrained` saves it. The encoder and the other heads are untouched: with them frozen
+        """Add task `name` (label names `labels`; multi-label or not) with a freshly initialised head, and record it in
+        the config, so `save_pretrained` saves it. The encoder and the other heads are untouched: with them frozen
         (`trainer_multitask.freeze`), the other tasks' outputs stay bit-identical while the new head trains."""
         self.config.add_task(name, labels, multi_label)
         head = TaskHead(
@@ -421,8 +398,6 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         )
         head.apply(self._init_weights)
         self.heads[name] = head.to(device=self.device, dtype=self.dtype)
-        if self.config.task_layers:  # its own top layers, starting as a copy of the first task's
-            self.task_layers[name] = copy.deepcopy(next(iter(self.task_layers.values())))
         return self.heads[name]
 
     def get_input_embeddings(self):
@@ -453,18 +428,7 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
 
         hidden_states = self.backbone(**backbone_inputs).last_hidden_state  # (batch, seq, hidden)
         embeddings = pool(hidden_states, attention_mask, self.config.pooling)  # (batch, hidden)
-        if self.config.task_layers:
-            args, kwargs = self._block_inputs
-            self._block_inputs = None
-            logits = {}
-            for task, head in self.heads.items():
-                states = hidden_states
-                for block in self.task_layers[task]:
-                    states = block(states, *args, **kwargs)
-                    states = states[0] if isinstance(states, tuple) else states
-                logits[task] = head(pool(states, attention_mask, self.config.pooling))
-        else:
-            logits = {task: head(embeddings) for task, head in self.heads.items()}  # task -> (batch, n_labels)
+        logits = {task: head(embeddings) for task, head in self.heads.items()}  # task -> (batch, n_labels)
 
         loss, task_losses = self.compute_losses(logits, labels) if labels else (None, None)
         return MultiTaskModelOutput(loss=loss, logits=logits, embeddings=embeddings, task_losses=task_losses)

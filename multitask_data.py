@@ -14,7 +14,6 @@ before any training.
 import csv
 import json
 import os
-import random
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -364,33 +363,11 @@ def multi_hot(value, where, task, labels, label2id):
     return hot
 
 
-def mix_sources(sources, strategy="proportional", temperature=2.0, seed=42):
-    """Concatenate datasets from several files.
-
-    `proportional` keeps every source as it is (each is seen in proportion to its size). `temperature` resamples
-    source i to `N * p_i` rows with `p_i ∝ n_i ** (1 / temperature)` (N = total rows), so small sources are
-    up-sampled and large ones down-sampled; temperature 1 is proportional, large temperatures tend to uniform.
-    """
-    if strategy not in ("proportional", "temperature"):
-        raise ValueError(f"unknown task sampling {strategy!r}; expected 'proportional' or 'temperature'")
-    if strategy == "proportional" or len(sources) == 1:
-        return concatenate_datasets(sources)
-    sizes = [len(s) for s in sources]
-    weights = [n ** (1.0 / temperature) for n in sizes]
-    total = sum(sizes)
-    rng = random.Random(seed)
-    resampled = []
-    for source, n, w in zip(sources, sizes, weights, strict=True):
-        target = max(1, round(total * w / sum(weights)))
-        idx = [i for _ in range(target // n) for i in range(n)] + rng.sample(range(n), target % n)
-        resampled.append(source.select(idx))
-    return concatenate_datasets(resampled)
-
-
-def load_split(entries, tasks, max_samples=None, strategy="proportional", temperature=2.0, seed=42, multi_label=()):
-    """Read every entry of one split, mix them and cap the result at `max_samples` rows (shuffled first). The tasks in
-    `multi_label` are read as multi-label (see `multi_hot`)."""
-    dataset = mix_sources([load_entry(e, tasks, multi_label) for e in entries], strategy, temperature, seed)
+def load_split(entries, tasks, max_samples=None, seed=42, multi_label=()):
+    """Read every entry of one split, concatenate them (each source is seen in proportion to its size) and cap the
+    result at `max_samples` rows (shuffled first, with `seed`). The tasks in `multi_label` are read as multi-label
+    (see `multi_hot`)."""
+    dataset = concatenate_datasets([load_entry(e, tasks, multi_label) for e in entries])
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset

@@ -41,16 +41,13 @@ from configuration_multitask import RESERVED_TASK_NAMES, MultiTaskConfig, check_
 from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer, sha256_file
 from multitask_data import DataError, UserError, label_counts, load_split
 from pipeline_multitask import save_pipeline
-from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization, has_text_normalization
 from trainer_multitask import (
     BUNDLED,
     BUNDLED_NAME,
     PER_LABEL_RESULTS,
     RUN_RECORD,
-    LinearProbeCallback,
     MultiTaskTrainer,
     RunRecordCallback,
-    WeightAveragingCallback,
     freeze,
     last_complete_checkpoint,
     make_compute_metrics,
@@ -65,7 +62,7 @@ from trainer_multitask import (
 logger = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
 # Config fields that shape the network: a saved model keeps them (continuing it with other values is refused).
-ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_size", "head_activation", "task_layers")
+ARCHITECTURE_FIELDS = ("tasks", "multi_label_tasks", "pooling", "head_hidden_size", "head_activation")
 # Config fields that only change training (or the default input length): a continued model may take new values.
 TRAINING_FIELDS = ("classifier_dropout", "loss_weights", "max_seq_length")
 
@@ -110,24 +107,12 @@ class ModelArguments:
     head_activation: str | None = field(
         default=None, metadata={"help": "Activation of the heads' hidden layer: gelu (default), relu or tanh."}
     )
-    task_layers: int | None = field(
-        default=None,
-        metadata={"help": "Partial sharing: each task its own copy of the encoder's top N layers; 0 = all shared."},
-    )
     loss_weights: str | None = field(
         default=None, metadata={"help": "e.g. 'topic=1.0,sentiment=2.0'; default 1.0 each."}
     )
     max_seq_length: int | None = field(
         default=None,
         metadata={"help": "Longer texts are truncated (default 128); saved in the config as inference's default."},
-    )
-    text_normalization: str = field(
-        default="none",
-        metadata={
-            "help": "none (default): the encoder's tokenizer as it is; ptb: the tokenizer writes negations as Penn "
-            "Treebank tokenised training data does (doesn't -> does n't, cannot -> can not) before it reads a text, "
-            "in training and in the saved tokenizer (text_normalization.py)."
-        },
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train the heads only."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the encoder's embedding layer."})
@@ -155,14 +140,8 @@ class ModelArguments:
             raise ArgumentError(f"--head_learning_rate must be a number > 0, got {self.head_learning_rate:g}")
         if self.head_hidden_size is not None and self.head_hidden_size < 0:
             raise ArgumentError(f"--head_hidden_size must be >= 0 (0 = linear heads), got {self.head_hidden_size}")
-        if self.task_layers is not None and self.task_layers < 0:
-            raise ArgumentError(f"--task_layers must be >= 0 (0 = the whole encoder shared), got {self.task_layers}")
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ArgumentError(f"--classifier_dropout must be in [0, 1), got {self.classifier_dropout:g}")
-        if self.text_normalization not in TEXT_NORMALIZATIONS:
-            raise ArgumentError(
-                f"--text_normalization must be one of {', '.join(TEXT_NORMALIZATIONS)}, got {self.text_normalization!r}"
-            )
         if self.model_name_or_path and self.backbone != BUNDLED:
             raise ArgumentError(
                 "--backbone and --model_name_or_path both given: a saved model already has its encoder; drop one"
@@ -205,7 +184,6 @@ class ModelArguments:
             "pooling": self.pooling,
             "head_hidden_size": self.head_hidden_size,
             "head_activation": self.head_activation,
-            "task_layers": self.task_layers,
             "classifier_dropout": self.classifier_dropout,
             "loss_weights": self.loss_weight_dict(),
             "max_seq_length": self.max_seq_length,
@@ -245,12 +223,20 @@ def task_specs(text, option):
 
 @dataclass
 class DataArguments:
-    train_file: list[str] = field(
-        default_factory=lambda: [str(REPO_DIR / "data" / "train.jsonl")],
-        metadata={"help": "One or more entries: PATH (text + one column per task) or TASK=PATH (text + label)."},
+    train_file: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "One or more entries: PATH (text + one column per task) or TASK=PATH (text + label). When no data "
+            "file is given at all (no --train_file, --validation_file, --test_file, --eval_file), the bundled "
+            "data/train.jsonl, data/validation.jsonl and data/test.jsonl are used; else a split not given is none."
+        },
     )
-    validation_file: list[str] = field(default_factory=lambda: [str(REPO_DIR / "data" / "validation.jsonl")])
-    test_file: list[str] = field(default_factory=lambda: [str(REPO_DIR / "data" / "test.jsonl")])
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Validation entries (best-model selection, thresholds); see --train_file."}
+    )
+    test_file: list[str] | None = field(
+        default=None, metadata={"help": "Test entries, evaluated once at the end; see --train_file."}
+    )
     eval_file: list[str] = field(
         default_factory=list,
         metadata={
@@ -261,8 +247,6 @@ class DataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training examples (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on validation and test examples."})
-    task_sampling: str = field(default="proportional", metadata={"help": "proportional or temperature."})
-    sampling_temperature: float = field(default=2.0, metadata={"help": "T for --task_sampling temperature."})
     batch_by_task: bool = field(
         default=False,
         metadata={
@@ -278,11 +262,22 @@ class DataArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be >= 1 (leave it out for no cap), got {getattr(self, name)}")
-        if self.task_sampling not in ("proportional", "temperature"):
-            raise ArgumentError(f"--task_sampling must be proportional or temperature, got {self.task_sampling!r}")
-        if not self.sampling_temperature > 0:  # NaN too
-            raise ArgumentError(f"--sampling_temperature must be > 0, got {self.sampling_temperature}")
+        self.resolve_data_files()
         self.eval_sets()  # every --eval_file item is NAME:ENTRY, and no set takes the validation set's name
+
+    def resolve_data_files(self):
+        """The bundled files for every split when no data file is given at all; else a split not given is none (your
+        own data is never tested on, or selected by, the bundled files)."""
+        splits = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
+        own_data = self.eval_file or any(getattr(self, name) for name in splits.values())
+        for split, name in splits.items():
+            if getattr(self, name) is None:
+                setattr(self, name, [] if own_data else [str(REPO_DIR / "data" / f"{split}.jsonl")])
+        if not self.train_file:
+            raise ArgumentError(
+                "--train_file not given: the bundled data is the default only when no data file is given at all; "
+                "give your training data with --train_file"
+            )
 
     def eval_sets(self):
         """`{name: [entry, ...]}` of every evaluation set: 'validation' (--validation_file, if any) first, then each
@@ -352,21 +347,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep the checkpoint-* folders after a finished run (default: removed)."}
     )
     verbose: bool = field(default=False, metadata={"help": "Show the libraries' informational logs too."})
-    # Fine-tuning without forgetting (benchmarks/robustness.py compares them; docs/design.md, "Robustness").
-    linear_probe_epochs: float = field(
-        default=0.0,
-        metadata={
-            "help": "LP-FT: train the heads only (encoder frozen) for the first N epochs, then everything; 0 = off."
-        },
-    )
-    weight_averaging: str = field(
-        default="none",
-        metadata={"help": "none, ema or swa: evaluate, select and save weights averaged along the run."},
-    )
-    ema_decay: float = field(default=0.999, metadata={"help": "Decay of --weight_averaging ema (with warm-up)."})
-    swa_start: float = field(
-        default=0.5, metadata={"help": "--weight_averaging swa averages every step after this fraction of the run."}
-    )
+    # Fine-tuning without forgetting (benchmarks/robustness.py compares the methods; docs/design.md, "Robustness").
     # 0.8: the best of the methods tried for accuracy on text unlike the training data (benchmarks/robustness.py,
     # docs/design.md): +1 to +2 points on other-source topic headlines, in-distribution accuracy about unchanged
     wise_ft_alpha: float = field(
@@ -438,19 +419,6 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ArgumentError(f"--eval_accumulation_steps must be >= 1, got {self.eval_accumulation_steps}")
 
     def check_robustness_options(self):
-        if not 0 <= self.linear_probe_epochs < math.inf:
-            raise ArgumentError(f"--linear_probe_epochs must be >= 0, got {self.linear_probe_epochs:g}")
-        if self.linear_probe_epochs and self.max_steps <= 0 and self.linear_probe_epochs >= self.num_train_epochs:
-            raise ArgumentError(
-                f"--linear_probe_epochs {self.linear_probe_epochs:g} leaves no epoch of --num_train_epochs "
-                f"{self.num_train_epochs:g} to fine-tune the encoder; give fewer probe epochs"
-            )
-        if self.weight_averaging not in ("none", "ema", "swa"):
-            raise ArgumentError(f"--weight_averaging must be none, ema or swa, got {self.weight_averaging!r}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ArgumentError(f"--ema_decay must be in (0, 1), got {self.ema_decay:g}")
-        if not 0.0 <= self.swa_start < 1.0:
-            raise ArgumentError(f"--swa_start must be in [0, 1) (a fraction of the run), got {self.swa_start:g}")
         if not 0.0 <= self.wise_ft_alpha <= 1.0:
             raise ArgumentError(f"--wise_ft_alpha must be in [0, 1], got {self.wise_ft_alpha:g}")
         if not 0.0 <= self.distill_weight < float("inf"):
@@ -524,8 +492,8 @@ def model_config(model_args):
 
 def flag_message(message, tasks_flag):
     """A MultiTaskConfig error (which names the config field) as a message about the flag that set it."""
-    for name in ("pooling", "classifier_dropout", "head_hidden_size", "head_activation", "task_layers",
-                 "loss_weights", "max_seq_length"):  # fmt: skip
+    for name in ("pooling", "classifier_dropout", "head_hidden_size", "head_activation", "loss_weights",
+                 "max_seq_length"):  # fmt: skip
         if message.startswith(name):
             return f"--{message}"
     if message.startswith(("task", "multi_label_tasks", "loss weight")):
@@ -566,20 +534,17 @@ def build_model(model_args, config):
 
 
 def load_tokenizer(model_args, config):
-    """The tokenizer of the saved model or encoder being trained, with `--text_normalization`; an ArgumentError of one
-    line when it cannot be read."""
+    """The tokenizer of the saved model or encoder being trained; an ArgumentError of one line when it cannot be
+    read."""
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
     if model_args.model_name_or_path:
         source, read_with = model_args.model_name_or_path, config
     else:
         source, read_with = resolve_backbone(model_args.backbone), config.backbone_config
     try:
-        tokenizer = add_text_normalization(load_saved_tokenizer(source, read_with), model_args.text_normalization)
+        return load_saved_tokenizer(source, read_with)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
-    if model_args.text_normalization == "none" and has_text_normalization(tokenizer):
-        logger.warning("the saved model's tokenizer normalises negations already; --text_normalization none keeps it")
-    return tokenizer
 
 
 def shown_path(entry):
@@ -651,25 +616,19 @@ def model_card(model, tokenizer, model_args, data_args, metrics, command):
         for name, entries in named_sets.items()
         if name != "validation"
     )
-    normalization = (
-        " The tokenizer writes negations as Penn Treebank tokenisation does (`doesn't` -> `does n't`, `cannot` -> "
-        "`can not`) before it reads a text, in training as at inference (`--text_normalization ptb`)."
-        if has_text_normalization(tokenizer)  # what the saved tokenizer does, whatever this run asked for
-        else ""
-    )
     body = f"""
 # Multi-task sentence classifier
 
 One shared encoder (`{card_data.base_model}`, {config.pooling} pooling) and one head per task; one forward pass
-answers every task. Inputs are truncated to {config.max_seq_length} tokens, as in training.{normalization}
+answers every task. Inputs are truncated to {config.max_seq_length} tokens, as in training.
 
 ## Tasks
 {schema}
 
 ## Training data
 - train: {", ".join(f"`{shown_path(e)}`" for e in data_args.train_file)}
-- validation: {", ".join(f"`{shown_path(e)}`" for e in data_args.validation_file)}
-- test: {", ".join(f"`{shown_path(e)}`" for e in data_args.test_file)}{other_sets}
+- validation: {", ".join(f"`{shown_path(e)}`" for e in data_args.validation_file) or "none"}
+- test: {", ".join(f"`{shown_path(e)}`" for e in data_args.test_file) or "none"}{other_sets}
 
 ## Command
 ```
@@ -1004,8 +963,6 @@ def main(argv=None):
     check_metric_for_best_model(training_args, config, eval_entries if data_args.eval_file else {})
     tasks = config.tasks
     split_kwargs = {
-        "strategy": data_args.task_sampling,
-        "temperature": data_args.sampling_temperature,
         "seed": training_args.seed,
         "multi_label": config.multi_label_tasks,
     }
@@ -1069,6 +1026,7 @@ def main(argv=None):
 
     training_args.label_names = [f"labels_{task}" for task in tasks]
     if eval_ds is None:
+        logger.warning("no --validation_file: no evaluation during training; the model of the last step is kept")
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
     with removed_if_unfinished(training_args, settings, written):
@@ -1094,14 +1052,6 @@ def main(argv=None):
             resume = last_complete_checkpoint(training_args.output_dir, settings)
             logger.info("resuming from %s", resume or "scratch (no complete checkpoint of this run yet)")
         trainer.add_callback(RunRecordCallback(settings))
-        if training_args.linear_probe_epochs:
-            trainer.add_callback(LinearProbeCallback(training_args.linear_probe_epochs))
-        if training_args.weight_averaging != "none":
-            trainer.add_callback(
-                WeightAveragingCallback(
-                    training_args.weight_averaging, training_args.ema_decay, training_args.swa_start
-                )
-            )
         try:
             train_result = trainer.train(resume_from_checkpoint=resume)
         except pickle.UnpicklingError:  # torch's weights-only loading refused a file of the checkpoint

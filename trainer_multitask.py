@@ -9,7 +9,6 @@ length-grouped sampler, freezing and optimizer parameter groups, the trainer its
 import json
 import logging
 import os
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import datasets
@@ -17,8 +16,6 @@ import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -288,9 +285,8 @@ def distillation_loss(student_logits, teacher_logits, multi_label=False, tempera
 class MultiTaskTrainer(Trainer):
     """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
     builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay. Over named
-    evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`); with a
-    `WeightAveragingCallback` it evaluates the averaged weights. With a `teacher` (a frozen copy of the model
-    training started from) and `distill_weight` > 0, the training loss adds `distill_weight` x the distillation loss
+    evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`). With a `teacher` (a frozen
+    copy of the model training started from) and `distill_weight` > 0, the training loss adds `distill_weight` x the distillation loss
     of the teacher's tasks `distill_tasks` on every training row (learning without forgetting)."""
 
     def __init__(
@@ -423,13 +419,10 @@ class MultiTaskTrainer(Trainer):
         return tuned
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """`Trainer.evaluate` (a dict of named sets gives `{prefix}_{name}_*` metrics per set), plus two things.
-        During training with a `WeightAveragingCallback`, the averaged weights are evaluated: they are what the run
-        keeps. Over named sets, `{prefix}_mean_f1` and `{prefix}_mean_accuracy` are added (see `selection_metrics`):
-        what best-model selection reads with `metric_for_best_model="mean_f1"`."""
-        averaging = next((c for c in self.callback_handler.callbacks if isinstance(c, WeightAveragingCallback)), None)
-        with averaging.swapped_in(self.model) if averaging is not None else nullcontext():
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        """`Trainer.evaluate` (a dict of named sets gives `{prefix}_{name}_*` metrics per set); over named sets,
+        `{prefix}_mean_f1` and `{prefix}_mean_accuracy` are added (see `selection_metrics`): what best-model selection
+        reads with `metric_for_best_model="mean_f1"`."""
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         sets = self.eval_dataset if eval_dataset is None else eval_dataset
         if isinstance(sets, dict):
             selection = selection_metrics(metrics, self.selection_sets or list(sets), metric_key_prefix)
@@ -494,7 +487,7 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
     """Optimizer groups: heads at `head_lr`; encoder layer i of L at `lr * layer_decay ** (L - i)`, embeddings at
     `lr * layer_decay ** (L + 1)`; everything else at `lr`. Frozen parameters are left out."""
     layer_of = {}
-    blocks = model.encoder_depths()  # a task's copies of the top layers are at the depth of the block they copy
+    blocks = model.encoder_depths()
     for i, depth in enumerate(blocks):
         for p in (p for block in depth for p in block.parameters()):
             layer_of[id(p)] = i
@@ -515,7 +508,7 @@ def parameter_groups(model, lr, weight_decay, decay_names, head_lr=None, layer_d
     return [{"params": params, "lr": rate, "weight_decay": wd} for (rate, wd), params in groups.items()]
 
 
-# ----- robustness: selection over named evaluation sets, LP-FT, weight averaging, WiSE-FT ----------------------------
+# ----- robustness: selection over named evaluation sets, WiSE-FT ----------------------------------------------------
 
 
 def selection_metrics(metrics, sets, prefix="eval"):
@@ -530,146 +523,8 @@ def selection_metrics(metrics, sets, prefix="eval"):
     return selected
 
 
-class LinearProbeCallback(TrainerCallback):
-    """LP-FT (Kumar et al., ICLR 2022): the heads train alone, the encoder frozen, for the first `epochs` epochs;
-    then everything trains. Fresh random heads thus never push their large early gradients into the pretrained
-    features. The optimizer is built before training starts, encoder included: a frozen encoder gets no gradient, so
-    AdamW leaves it and its moments untouched until it is unfrozen. The phase is decided from `state.epoch`, so a run
-    resumed from a checkpoint freezes, or not, exactly as the uninterrupted run did."""
-
-    def __init__(self, epochs):
-        self.epochs = epochs
-        self.frozen = []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if (state.epoch or 0.0) < self.epochs:
-            encoder = [p for module in model.encoder_modules().values() for p in module.parameters()]
-            self.frozen = [p for p in encoder if p.requires_grad]
-            for p in self.frozen:
-                p.requires_grad_(False)
-            logger.info("LP-FT: the encoder is frozen for the first %g epochs (heads only)", self.epochs)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.frozen and state.epoch >= self.epochs:
-            logger.info("LP-FT: step %d (epoch %.2f), the whole model trains from here", state.global_step, state.epoch)
-            self._unfreeze()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._unfreeze()  # a run shorter than the probe phase leaves no parameter frozen behind it
-
-    def _unfreeze(self):
-        for p in self.frozen:
-            p.requires_grad_(True)
-        self.frozen = []
-
-
-AVERAGED_WEIGHTS = "averaged_weights.safetensors"  # in each checkpoint of a run with weight averaging
-
-
-class WeightAveragingCallback(TrainerCallback):
-    """Weights averaged along the run: evaluation, best-model selection and the saved model use the average.
-
-    - `ema`: an exponential moving average, updated after every optimizer step with the decay
-      `min(decay, (1 + n) / (10 + n))` after n updates (the usual warm-up: early, barely trained weights fade fast;
-      towards the end of a run of N steps the average spans roughly its last N / 10 steps, or 1 / (1 - decay)).
-    - `swa`: stochastic weight averaging: the plain mean of the weights after every step from `start` (a fraction of
-      the run's steps) on, under the run's own learning-rate schedule; before that the average is the current weights.
-
-    `MultiTaskTrainer.evaluate` swaps the average in to evaluate during training. Checkpoints keep the raw weights,
-    so a resumed run continues the raw trajectory, and the average beside them (`averaged_weights.safetensors`). At
-    the end the model takes the average: the best checkpoint's when the best model is loaded, else the last one."""
-
-    def __init__(self, mode="ema", decay=0.999, start=0.5):
-        if mode not in ("ema", "swa"):
-            raise ValueError(f"weight averaging must be 'ema' or 'swa', got {mode!r}")
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        if not 0.0 <= start < 1.0:
-            raise ValueError(f"SWA start must be a fraction of the run in [0, 1), got {start}")
-        self.mode, self.decay, self.start = mode, decay, start
-        self.average = {}  # parameter name -> averaged tensor
-        self.updates = 0
-        self.active = False  # between train begin and end: evaluation swaps the average in
-        self._swapped = False
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.average = {name: p.detach().clone() for name, p in model.named_parameters()}
-        self.updates = 0
-        if state.global_step > 0:  # resumed: the average saved with the checkpoint
-            path = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", AVERAGED_WEIGHTS)
-            if not self._load(path):
-                logger.warning("%s: missing (cut short?); the average starts again from the resumed weights", path)
-        self.active = True
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.mode == "ema":
-            weight = 1.0 - min(self.decay, (1 + self.updates) / (10 + self.updates))
-            self.updates += 1
-        elif state.global_step > self.start * state.max_steps:
-            self.updates += 1
-            weight = 1.0 / self.updates  # a running mean: the first averaged step copies, then 1/2, 1/3, ...
-        else:
-            weight = 1.0  # not averaging yet: the average is the current weights
-        names = list(self.average)
-        params = dict(model.named_parameters())
-        with torch.no_grad():  # one fused kernel per dtype and device instead of one per tensor
-            torch._foreach_lerp_([self.average[n] for n in names], [params[n].detach() for n in names], weight)
-
-    def on_save(self, args, state, control, **kwargs):
-        checkpoint = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if state.is_world_process_zero and checkpoint.is_dir():
-            tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.average.items()}
-            save_file(tensors, checkpoint / AVERAGED_WEIGHTS, metadata={"updates": str(self.updates)})
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.active = False
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            path = Path(state.best_model_checkpoint, AVERAGED_WEIGHTS)
-            if not self._load(path):
-                logger.warning("%s: missing; the model keeps the best checkpoint's raw weights", path)
-                return
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(self.average[name])
-        logger.info("%s weights (%d updates) are the model's", self.mode.upper(), self.updates)
-
-    @contextmanager
-    def swapped_in(self, model):
-        """The averaged weights in `model` while the block runs, the raw ones back after it; outside training, or
-        inside a block that already swapped (evaluate calls itself once per named set), it does nothing."""
-        if not self.active or self._swapped:
-            yield
-            return
-        self._swap(model)
-        self._swapped = True
-        try:
-            yield
-        finally:
-            self._swap(model)
-            self._swapped = False
-
-    def _swap(self, model):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                raw = p.detach().clone()
-                p.copy_(self.average[name])
-                self.average[name].copy_(raw)
-
-    def _load(self, path):
-        """The average (and its update count) saved in a checkpoint; False if the file is not there."""
-        if not path.is_file():
-            return False
-        saved = load_file(path)
-        for name, tensor in self.average.items():
-            tensor.copy_(saved[name])
-        with safe_open(path, framework="pt") as f:
-            self.updates = int((f.metadata() or {}).get("updates", 0))
-        return True
-
-
 def wise_ft(model, pretrained_encoder, alpha):
-    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder (the task-specific
-    top layers included) becomes `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha`
+    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder becomes `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha`
     1 keeps the fine-tuned encoder and 0 restores the pretrained one, both exactly (`torch.lerp`).
     `pretrained_encoder` is a copy of `model.encoder_state_dict()` taken before training."""
     if not 0.0 <= alpha <= 1.0:

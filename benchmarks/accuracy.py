@@ -42,7 +42,6 @@ from benchmarks.common import add_subset_arguments, run_train, train_options_jso
 from configuration_multitask import DEFAULT_TASKS
 from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
-from text_normalization import TEXT_NORMALIZATIONS, add_text_normalization
 from trainer_multitask import BUNDLED, TaskMetric, make_compute_metrics, resolve_backbone
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -67,12 +66,6 @@ def parse_args(argv=None):
     parser.add_argument("--max_train_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Per task; for smoke runs.")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--text_normalization",
-        default="none",
-        choices=TEXT_NORMALIZATIONS,
-        help="The tokenizer's text normalisation for every system (train.py's --text_normalization; default none).",
-    )
     add_subset_arguments(
         parser,
         SYSTEMS,
@@ -127,7 +120,6 @@ def run_multitask(args, hp, output_dir):
             "max_train_samples": args.max_train_samples and args.max_train_samples * len(tasks),
             "max_eval_samples": args.max_eval_samples and args.max_eval_samples * len(tasks),
             **common_training(args, hp, output_dir),
-            "text_normalization": args.text_normalization,
             **args.multitask_options,
         }
     )
@@ -150,7 +142,7 @@ def load_task_split(args, task, split):
 
 def run_single_task(args, task, hp, output_dir, encoder):
     labels = DEFAULT_TASKS[task]
-    tokenizer = add_text_normalization(AutoTokenizer.from_pretrained(encoder), args.text_normalization)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
     splits = {}
     for split in ("train", "dev", "dev_ood"):
         ds = load_task_split(args, task, split).rename_column(f"labels_{task}", "labels")
@@ -178,7 +170,7 @@ def run_single_task(args, task, hp, output_dir, encoder):
 
 
 def run_logreg(args, encoder):
-    tokenizer = add_text_normalization(AutoTokenizer.from_pretrained(encoder), args.text_normalization)
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
     model = MultiTaskModel.from_backbone(encoder)
     start = time.perf_counter()
     data = {}

@@ -107,7 +107,7 @@ def parse_args(argv=None):
         "--three_task_options",
         "train.py options for the systems trained on all three tasks' data, (c) and (f), on top of the others, as a "
         "JSON object, e.g. "
-        '\'{"batch_by_task": true}\' or \'{"task_sampling": "temperature", "loss_weights": "emotion=0.5"}\'.',
+        '\'{"batch_by_task": true}\' or \'{"loss_weights": "emotion=0.5"}\'.',
     )
     args = parser.parse_args(argv)
     if args.parallel < 1:

@@ -65,18 +65,11 @@ METHODS = {
         "weight_topic1.5": {"loss_weights": "topic=1.5"},
         "weight_sentiment2": {"loss_weights": "sentiment=2"},
         "head_mlp": {"head_hidden_size": 384},  # a hidden layer per task: room for task-specific features
-        "task_layers1": {"task_layers": 1},  # partial sharing: each task its own copy of the top encoder layer
-        "task_layers2": {"task_layers": 2},
         "freeze_lower": {"freeze_layers": 3},  # the lower half of the encoder's layers keeps its pretrained weights
         "head_lr": {"head_learning_rate": 1e-3},
         "llrd": {"layerwise_lr_decay": 0.8},
-        "lp_ft": {"linear_probe_epochs": 0.5},
-        "ema": {"weight_averaging": "ema"},
-        "swa": {"weight_averaging": "swa"},
         "wise_ft_0.5": {"wise_ft_alpha": 0.5},
         "wise_ft_0.8": {"wise_ft_alpha": 0.8},  # train.py's default
-        # the default, reading negations as the PTB-tokenised training data writes them ("doesn't" -> "does n't")
-        "wise_ft_0.8_ptb": {"wise_ft_alpha": 0.8, "text_normalization": "ptb"},
     }.items()
 }
 # One model per task, trained with the same train.py on that task's data alone: the two recipes, plain
@@ -207,10 +200,9 @@ def sweep_wise_ft(args, record, alphas):
             "cannot be evaluated; delete its record in OUTPUT_DIR/runs to train it again"
         )
     model, tokenizer = load_saved_model(model_dir)
-    # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler,
-    # each task's top layers copied from the pretrained ones)
+    # what train.py interpolates towards: the encoder as train.py built it before training (same keys, no pooler)
     source = resolve_backbone(settings["backbone"])
-    start = MultiTaskModel.from_backbone(source, tasks=model.config.tasks, task_layers=model.config.task_layers)
+    start = MultiTaskModel.from_backbone(source, tasks=model.config.tasks)
     initial = start.encoder_state_dict()
     fine_tuned = {name: t.detach().clone() for name, t in model.encoder_state_dict().items()}
     tasks = {task: labels for task, labels in DEFAULT_TASKS.items() if task in model.config.tasks}

@@ -245,19 +245,3 @@ def test_robustness_default_sweep_methods_need_not_be_run(tmp_path):
     args = parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--methods", "single_A",
                        "--wise_ft_sweep", "0.8"])  # fmt: skip
     assert args.wise_ft_sweep_methods == ["baseline", "gentle"]
-
-
-def test_text_forms_benchmark_reads_each_model_with_and_without_the_normalisation(trained, backbone_dir, tmp_path):
-    out, _ = trained
-    for task, label in (("topic", "Finance/Tech"), ("sentiment", "Negative")):
-        for split in ("dev", "dev_ood"):
-            texts = ["the stock isn't great", "the app does n't work", "the movie cannot be fun"]
-            lines = [json.dumps({"text": text, "label": label}) for text in texts]
-            (tmp_path / f"{task}_{split}.jsonl").write_text("\n".join(lines) + "\n")
-    stdout = run(["benchmarks.text_forms", "--data_dir", str(tmp_path), "--backbone", backbone_dir, str(out), str(out)])
-    rows = [
-        line.strip("| ").split(" | ") for line in stdout.splitlines() if line.startswith(("| topic", "| sentiment"))
-    ]
-    assert len(rows) == 3 * 4  # each model's four columns, then their means
-    assert all(row[2] == "2" for row in rows)  # "isn't" and "cannot"; "does n't" is in the training data's form
-    assert rows[-1][5] == "+0.00 ± 0.00"  # the same model twice: no spread

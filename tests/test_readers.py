@@ -154,17 +154,6 @@ def test_mixed_single_task_files(tmp_path):
     assert ds["labels_sentiment"] == [-100, 0, 1]
 
 
-def test_temperature_sampling_upsamples_small_sources(tmp_path):
-    big = write_jsonl(tmp_path / "big.jsonl", [{"text": f"t{i}", "label": "Negative"} for i in range(90)])
-    small = write_jsonl(tmp_path / "small.jsonl", [{"text": f"s{i}", "label": "Finance/Tech"} for i in range(10)])
-    entries = [f"sentiment={big}", f"topic={small}"]
-    proportional = load_split(entries, TASKS)
-    uniform = load_split(entries, TASKS, strategy="temperature", temperature=1e6)
-    assert sum(t.startswith("s") for t in proportional["text"]) == 10
-    assert sum(t.startswith("s") for t in uniform["text"]) == 50  # sizes equalised, total kept
-    assert len(uniform) == 100
-
-
 @pytest.mark.parametrize(
     "rows, message",
     [

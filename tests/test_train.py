@@ -333,7 +333,6 @@ def test_continuing_a_saved_model_keeps_its_schema_and_architecture(trained, tmp
     [
         ("--pooling", "cls", "error: --pooling 'cls' differs from the saved model's 'mean'"),
         ("--head_hidden_size", "8", "error: --head_hidden_size 8 differs from the saved model's 0"),
-        ("--task_layers", "1", "error: --task_layers 1 differs from the saved model's 0"),
         ("--tasks", '{"topic": ["a", "b"]}', "error: --tasks {'topic': ['a', 'b']} differs from the saved model's"),
     ],
 )
