@@ -66,12 +66,11 @@ from modeling_multitask import (
     check_texts,
     load_saved_model,
     load_saved_tokenizer,
-    model_fingerprint,
     positive_int,
-    sha256_file,
 )
 from multitask_data import FORMATS as DATA_FORMATS
 from multitask_data import DataError, UserError, file_format, iter_rows, location, text_problem
+from onnx_multitask import model_fingerprint, sha256_file
 
 logger = logging.getLogger(__name__)
 FORMATS = {suffix: fmt for suffix, fmt in DATA_FORMATS.items() if fmt != "parquet"}  # Parquet cannot be streamed

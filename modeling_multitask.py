@@ -5,7 +5,6 @@ pass answers every task in `config.tasks`, single-label (softmax) or multi-label
 `labels_<task>` keyword arguments, -100 = no label.
 """
 
-import hashlib
 import inspect
 import logging
 import os
@@ -13,7 +12,6 @@ import pickle
 import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -571,29 +569,6 @@ def load_saved_tokenizer(name_or_path, config):
 
 
 # The files a saved model is made from: its config and its weights (one file or shards with their index).
-SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                   "pytorch_model.bin.index.json")  # fmt: skip
-
-
-def sha256_file(path):
-    """The sha256 of a file's bytes, in hex: the one file hash of the run records (train.py's run.json, predict.py's
-    OUTPUT.resume.json) and of the ONNX export's export.json."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def model_files(model_dir):
-    """`{file name: path}` of a saved model's config.json and weight file(s) (`SOURCE_PATTERNS`), sorted by name."""
-    files = {p.name: p for pattern in SOURCE_PATTERNS for p in Path(model_dir).glob(pattern) if p.is_file()}
-    return dict(sorted(files.items()))
-
-
-def model_fingerprint(model_dir):
-    """`{file name: sha256}` of `model_files`: what a record of work done with a saved model (an ONNX export, a
-    file's predictions) names the model by, so that it can tell when the model has changed since."""
-    return {name: sha256_file(path) for name, path in model_files(model_dir).items()}
-
-
 MultiTaskConfig.register_for_auto_class()
 MultiTaskModel.register_for_auto_class("AutoModel")
 AutoModel.register(MultiTaskConfig, MultiTaskModel, exist_ok=True)  # AutoModel on a saved config: this class

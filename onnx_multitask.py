@@ -40,7 +40,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from configuration_multitask import MultiTaskConfig, check_model_source
-from modeling_multitask import MultiTaskInference, load_saved_model, model_files, model_fingerprint, sha256_file
+from modeling_multitask import MultiTaskInference, load_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ PARITY_TOLERANCE = 1e-4  # an export whose fp32 graph differs more than this fro
 # 2 cores, batch 32: fp32 +5%, int8 +12% against the exporter's default opset 20. Runtimes older than onnxruntime
 # 1.23 cannot load it; export with --opset 20 for them.
 DEFAULT_OPSET = 23
+
+
+SOURCE_PATTERNS = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                   "pytorch_model.bin.index.json")  # fmt: skip
+
+
+def sha256_file(path):
+    """The sha256 of a file's bytes, in hex: the one file hash of the run records (train.py's run.json, predict.py's
+    OUTPUT.resume.json) and of the ONNX export's export.json."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def model_files(model_dir):
+    """`{file name: path}` of a saved model's config.json and weight file(s) (`SOURCE_PATTERNS`), sorted by name."""
+    files = {p.name: p for pattern in SOURCE_PATTERNS for p in Path(model_dir).glob(pattern) if p.is_file()}
+    return dict(sorted(files.items()))
+
+
+def model_fingerprint(model_dir):
+    """`{file name: sha256}` of `model_files`: what a record of work done with a saved model (an ONNX export, a
+    file's predictions) names the model by, so that it can tell when the model has changed since."""
+    return {name: sha256_file(path) for name, path in model_files(model_dir).items()}
 
 
 class GraphModel(nn.Module):

@@ -38,8 +38,9 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, IntervalStrategy, SaveStrategy
 
 from configuration_multitask import RESERVED_TASK_NAMES, MultiTaskConfig, check_model_source
-from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer, sha256_file
+from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer
 from multitask_data import DataError, UserError, label_counts, load_split
+from onnx_multitask import sha256_file
 from pipeline_multitask import save_pipeline
 from trainer_multitask import (
     BUNDLED,

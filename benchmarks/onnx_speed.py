@@ -31,8 +31,8 @@ from transformers import AutoTokenizer
 
 from benchmarks.common import REPO
 from benchmarks.speed import machine, real_sentences
-from modeling_multitask import MultiTaskModel, model_fingerprint
-from onnx_multitask import OnnxMultiTaskModel, export, graph_path, has_onnx, read_manifest
+from modeling_multitask import MultiTaskModel
+from onnx_multitask import OnnxMultiTaskModel, export, graph_path, has_onnx, model_fingerprint, read_manifest
 
 
 def parse_args(argv=None):

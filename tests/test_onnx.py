@@ -16,8 +16,7 @@ from safetensors.torch import load_file, save_file
 import export_onnx
 import onnx_multitask
 import predict
-from modeling_multitask import sha256_file
-from onnx_multitask import OnnxMultiTaskModel, export, has_onnx
+from onnx_multitask import OnnxMultiTaskModel, export, has_onnx, sha256_file
 
 # Edge cases included: characters outside the vocabulary, a text longer than the 64 tokens kept.
 TEXTS = ["the movie was good", "😀 i love it!", "stock market price " * 30, "bad food", "the team lost", "a b c",

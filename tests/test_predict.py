@@ -366,7 +366,7 @@ def test_no_module_imports_a_script_and_ignore_index_has_one_home():
 
 
 def test_the_resume_record_and_the_onnx_export_name_the_model_by_one_fingerprint(saved, tmp_path):
-    from modeling_multitask import model_fingerprint, sha256_file
+    from onnx_multitask import model_fingerprint, sha256_file
 
     directory = saved[2]
     source = write_lines(tmp_path / "in.txt", TEXTS[:2])

@@ -21,8 +21,7 @@ from onnx import numpy_helper
 import export_onnx
 import onnx_multitask
 import predict
-from modeling_multitask import sha256_file
-from onnx_multitask import OnnxMultiTaskModel, export
+from onnx_multitask import OnnxMultiTaskModel, export, sha256_file
 
 TEXTS = ["the movie was good", "bad food", "the team lost", "stock market price", "i love it", "sad news today"]
 REDO = "re-run python export_onnx.py --model {}"
