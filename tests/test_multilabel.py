@@ -14,6 +14,7 @@ from transformers.trainer_utils import EvalPrediction
 
 import predict
 import train
+import training_args
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel, task_loss
 from multitask_data import DataError, label_counts, load_split
@@ -445,21 +446,25 @@ def test_add_a_task_unfrozen_with_distillation_keeps_the_old_tasks_answers(train
 
 def test_add_tasks_is_refused_when_it_cannot_apply(trained, backbone_dir, tmp_path):
     base, _ = trained
-    with pytest.raises(train.ArgumentError, match="--add_tasks adds tasks to a saved model"):
+    with pytest.raises(training_args.ArgumentError, match="--add_tasks adds tasks to a saved model"):
         train.main(tiny_args(backbone_dir, tmp_path / "a", "--add_tasks", '{"tags": ["a", "b"]}'))
     args = tiny_args("unused", tmp_path / "b", "--add_tasks", '{"topic": ["a", "b"]}')
     args[args.index("--backbone") : args.index("--backbone") + 2] = ["--model_name_or_path", str(base)]
-    with pytest.raises(train.ArgumentError, match=r"--add_tasks: the saved model already has task\(s\) \['topic'\]"):
+    with pytest.raises(
+        training_args.ArgumentError, match=r"--add_tasks: the saved model already has task\(s\) \['topic'\]"
+    ):
         train.main(args)
     args[args.index("--add_tasks") + 1] = '{"tags": {"labels": ["a"], "multi": true}}'
-    with pytest.raises(train.ArgumentError, match="--add_tasks: task 'tags' is .*; expected a list of labels or"):
+    with pytest.raises(
+        training_args.ArgumentError, match="--add_tasks: task 'tags' is .*; expected a list of labels or"
+    ):
         train.main(args)
     with pytest.raises(
-        train.ArgumentError, match="--distill_weight keeps a saved model's tasks .* --model_name_or_path"
+        training_args.ArgumentError, match="--distill_weight keeps a saved model's tasks .* --model_name_or_path"
     ):
         train.main(tiny_args(backbone_dir, tmp_path / "c", "--distill_weight", "1"))
     for option, value, message in (("--distill_weight", "-1", "--distill_weight must be a number >= 0, got -1"),
                                    ("--distill_weight", "nan", "--distill_weight must be a number >= 0, got nan"),
                                    ("--distill_temperature", "0", "--distill_temperature must be > 0, got 0")):  # fmt: skip
-        with pytest.raises(train.ArgumentError, match=message):
+        with pytest.raises(training_args.ArgumentError, match=message):
             train.main(tiny_args(backbone_dir, tmp_path / "d", option, value))

@@ -337,11 +337,11 @@ def test_as_flag_names_the_flag_of_a_library_error():
 def test_every_scripts_error_for_a_users_mistake_is_a_user_error():
     import app
     import export_onnx
-    import train
+    import training_args
     from multitask_data import DataError, UserError
 
     for kind in (DataError, labelling.InputError, labelling.ModelError, app.UsageError, app.ModelError,
-                 train.ArgumentError, train.OutputError):  # fmt: skip
+                 training_args.ArgumentError, training_args.OutputError):  # fmt: skip
         assert issubclass(kind, UserError) and issubclass(kind, ValueError), kind
     with pytest.raises(UserError):
         export_onnx.ExportArguments(model="m", opset=0)

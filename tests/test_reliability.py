@@ -19,6 +19,7 @@ from transformers import AutoModel
 
 import train
 import trainer_multitask
+import training_run
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import MultiTaskModel
 
@@ -97,8 +98,8 @@ def test_kill_during_final_save_never_leaves_a_loadable_half_model(backbone_dir,
         moved.append(Path(dst).name)
         real_replace(src, dst)
 
-    monkeypatch.setattr(train.os, "replace", dying_replace)
-    with pytest.raises(train.Interrupted):  # the run saved again over its model, from its last checkpoint
+    monkeypatch.setattr(training_run.os, "replace", dying_replace)
+    with pytest.raises(training_run.Interrupted):  # the run saved again over its model, from its last checkpoint
         train.main([*args, "--resume_from_checkpoint", str(out / "checkpoint-2")])
     assert "config.json" not in moved and not (out / "config.json").exists()
     with pytest.raises((OSError, ValueError)):  # what users call: no config.json, nothing to load

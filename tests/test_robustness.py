@@ -15,6 +15,7 @@ from transformers import set_seed
 import modeling_multitask
 import train
 import trainer_multitask
+import training_args
 from modeling_multitask import MultiTaskModel
 
 
@@ -122,7 +123,7 @@ def test_results_table_has_a_row_per_named_set_and_task():
 )
 def test_bad_robustness_options_are_one_line_errors_that_write_nothing(extra, message, backbone_dir, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(train.ArgumentError) as info:
+    with pytest.raises(training_args.ArgumentError) as info:
         train.main(tiny_args(backbone_dir, out, *extra))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not out.exists()
@@ -140,7 +141,7 @@ def test_label_smoothing_by_hand():
 def test_label_smoothing_factor_smooths_the_training_loss_only(backbone_dir, tmp_path):
     """TrainingArguments' --label_smoothing_factor is Trainer's only for a `labels` input; ours are per task."""
     model = MultiTaskModel.from_backbone(backbone_dir, tasks=TASKS)
-    args = train.MultiTaskTrainingArguments(
+    args = training_args.MultiTaskTrainingArguments(
         output_dir=str(tmp_path), label_smoothing_factor=0.2, use_cpu=True, eval_strategy="no", report_to="none"
     )
     trainer = trainer_multitask.MultiTaskTrainer(model=model, args=args)

@@ -22,6 +22,7 @@ import configuration_multitask
 import export_onnx
 import predict
 import train
+import training_args
 from configuration_multitask import MultiTaskConfig, check_model_source, looks_local
 from modeling_multitask import MultiTaskModel, check_device, is_blank, load_saved_model, load_saved_tokenizer
 from pipeline_multitask import MultiTaskClassificationPipeline
@@ -55,7 +56,7 @@ def run_train(model, tmp_path, capsys):
     args = [a for a in tiny_args("unused", tmp_path / "run") if a not in ("--backbone", "unused")]
     try:
         train.main(["--model_name_or_path", str(model), "--max_steps", "1", *args])
-    except train.ArgumentError as e:
+    except training_args.ArgumentError as e:
         assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
         return 1, f"error: {e}\n"
     return 0, ""
@@ -244,7 +245,7 @@ def test_an_unsafe_pickle_in_a_checkpoint_is_refused_by_train_py_resume(backbone
     checkpoint = out / "checkpoint-1"
     with open(checkpoint / "rng_state.pth", "wb") as f:
         pickle.dump({"python": Payload(str(tmp_path / "PAYLOAD_RAN"))}, f)
-    with pytest.raises(train.ArgumentError) as info:
+    with pytest.raises(training_args.ArgumentError) as info:
         train.main([*args, "--resume_from_checkpoint", str(checkpoint)])
     assert str(info.value).startswith(f"--resume_from_checkpoint {checkpoint}: the checkpoint cannot be loaded safely")
     assert "weights_only" not in str(info.value)

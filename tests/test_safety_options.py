@@ -11,6 +11,7 @@ from tokenizers import Regex, normalizers
 from transformers import HfArgumentParser, TokenizersBackend
 
 import train
+import training_args
 from configuration_multitask import MultiTaskConfig
 from modeling_multitask import load_saved_model, load_saved_tokenizer
 
@@ -28,7 +29,9 @@ TEXTS = ["the stock doesn't rise", "a great game", "the movie cannot be fun"]
 
 
 def test_help_lists_no_removed_option():
-    parser = HfArgumentParser((train.ModelArguments, train.DataArguments, train.MultiTaskTrainingArguments))
+    parser = HfArgumentParser(
+        (training_args.ModelArguments, training_args.DataArguments, training_args.MultiTaskTrainingArguments)
+    )
     text = parser.format_help()
     kept = ["--wise_ft_alpha", "--batch_by_task", "--distill_weight", "--add_tasks", "--freeze_layers",
             "--head_learning_rate", "--layerwise_lr_decay"]  # fmt: skip
@@ -39,7 +42,7 @@ def test_help_lists_no_removed_option():
 @pytest.mark.parametrize("option", list(REMOVED))
 def test_a_removed_option_is_refused_in_one_line_and_writes_nothing(option, backbone_dir, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(train.ArgumentError) as info:
+    with pytest.raises(training_args.ArgumentError) as info:
         train.main(tiny_args(backbone_dir, out, option, REMOVED[option]))
     assert option in str(info.value) and "\n" not in str(info.value)
     assert not out.exists()
@@ -120,7 +123,7 @@ def test_a_saved_tokenizer_with_the_ptb_normaliser_still_loads_and_normalises(sa
 
 
 def data_files(argv):
-    _, data_args, _, _ = train.parse_args(argv)
+    _, data_args, _, _ = training_args.parse_args(argv)
     return data_args.train_file, data_args.validation_file, data_args.test_file
 
 
@@ -131,7 +134,9 @@ def test_the_bundled_data_is_the_default_only_when_no_data_file_is_given(tmp_pat
     assert data_files(["--train_file", mine, "--output_dir", str(tmp_path / "b")]) == ([mine], [], [])
     assert data_files(["--train_file", mine, "--test_file", mine]) == ([mine], [], [mine])
     assert data_files(["--eval_file", f"ood:{mine}", "--train_file", mine]) == ([mine], [], [])
-    assert train.parse_args({"test_file": []})[1].train_file == bundled[0]  # an empty split is no data file given
+    assert (
+        training_args.parse_args({"test_file": []})[1].train_file == bundled[0]
+    )  # an empty split is no data file given
 
 
 @pytest.mark.parametrize("flag", ["--validation_file", "--test_file", "--eval_file"])

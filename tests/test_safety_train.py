@@ -16,6 +16,8 @@ from helpers import REPO, tiny_args
 
 import train
 import trainer_multitask
+import training_args
+import training_run
 from configuration_multitask import MultiTaskConfig
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -150,7 +152,7 @@ def forbidden_cases(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "data").mkdir(parents=True)
     (repo / "train.py").write_text("# the repository\n")
-    monkeypatch.setattr(train, "REPO_DIR", repo)
+    monkeypatch.setattr(training_run, "REPO_DIR", repo)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -188,9 +190,9 @@ def test_folders_train_py_never_writes_into(backbone_dir, tmp_path, monkeypatch,
 def test_a_home_or_working_directory_of_root_refuses_only_root(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", "/")
     monkeypatch.chdir("/")
-    model_args, data_args = train.ModelArguments(), train.DataArguments()
-    assert train.forbidden_output_dir(tmp_path / "out", model_args, data_args) is None
-    assert train.forbidden_output_dir("/", model_args, data_args) == "is the root folder"
+    model_args, data_args = training_args.ModelArguments(), training_args.DataArguments()
+    assert training_run.forbidden_output_dir(tmp_path / "out", model_args, data_args) is None
+    assert training_run.forbidden_output_dir("/", model_args, data_args) == "is the root folder"
 
 
 def test_the_model_being_continued_is_not_the_output(trained, tmp_path, monkeypatch, nothing_built_or_written):
@@ -388,8 +390,10 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line(backbone_dir, tmp_pa
 
 def test_no_progress_bars_when_stderr_is_not_a_terminal(capsys):
     # under pytest (as in a log file or a pipe) stderr is not a terminal
-    assert train.parse_args(["--use_cpu"])[2].disable_tqdm is True
-    assert train.parse_args(["--use_cpu", "--disable_tqdm", "false"])[2].disable_tqdm is False  # asked for: kept
+    assert training_args.parse_args(["--use_cpu"])[2].disable_tqdm is True
+    assert (
+        training_args.parse_args(["--use_cpu", "--disable_tqdm", "false"])[2].disable_tqdm is False
+    )  # asked for: kept
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from transformers import AutoTokenizer, set_seed
 
 import train
 import trainer_multitask
+import training_args
+import training_run
 from modeling_multitask import MultiTaskModel
 from multitask_data import load_split
 
@@ -389,8 +391,8 @@ def test_saved_config_and_model_card_hold_no_path_of_this_machine(trained, backb
 
 
 def test_bundled_encoder_is_named_by_its_public_name():
-    args = train.ModelArguments()
-    model = train.build_model(args, train.model_config(args))
+    args = training_args.ModelArguments()
+    model = training_run.build_model(args, training_run.model_config(args))
     assert model.config.backbone_config._name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
     assert "site-packages" not in model.config.to_json_string()
 
