@@ -5,7 +5,7 @@ server. A script only wires these functions to its command line.
 
     model, tokenizer, backend = load_for_inference("outputs/multitask-minilm")  # torch, or ONNX Runtime
     for row in label_texts(model, tokenizer, ["The striker scored twice.", "Rates went up again."]):
-        print(row)  # {"line": 1, "topic": {"label": "sports", "score": 0.97}, ...}
+        print(row)  # {"line": 1, "topic": {"label": "Entertainment/Sports", "score": 0.97}, ...}
     label_file(LabelArguments(model="outputs/multitask-minilm", input="in.jsonl", output="out.jsonl"))
 
 `label_file` streams a file of any size into a JSONL output, in input order, restartable:
