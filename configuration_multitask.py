@@ -24,9 +24,9 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label w
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 logger = logging.getLogger(__name__)
 _SAVED_ALONGSIDE = ("auto_map", "custom_pipelines")  # config.json keys written for remote code and the pipeline
-# Settings of earlier versions, removed since (their comparison was measured and lost, docs/results.md), with the value
-# that meant "off": a config.json with that value (or without the key) loads as before; with any other value the
-# weights do not fit this model, and loading it is refused in one line.
+# Settings of earlier versions, removed since (docs/results.md), with the value that meant "off": a config.json with
+# that value (or without the key) loads as before; with any other value its weights do not fit this model, so it is
+# refused in one line.
 _REMOVED_SETTINGS = {"task_layers": 0}  # partial sharing: each task its own copy of the encoder's top layers
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
@@ -108,6 +108,26 @@ class MultiTaskConfig(PretrainedConfig):
             Per multi-label task, one decision threshold per label, in label order: a label is predicted when its
             sigmoid score is >= its threshold (`train.py` tunes them on the validation set). A task not named uses
             `DEFAULT_THRESHOLD` (0.5) for every label.
+        kwargs (*optional*):
+            Passed to [`PretrainedConfig`].
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from configuration_multitask import MultiTaskConfig
+
+    >>> # a tiny random encoder's config; any AutoConfig works (DistilBertConfig() when none is given)
+    >>> backbone = BertConfig(
+    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    ... )
+    >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+    >>> config = MultiTaskConfig(backbone_config=backbone, tasks=tasks, loss_weights={"topic": 2.0})
+    >>> config.task_id2label["sentiment"]
+    {0: 'Negative', 1: 'Positive'}
+    >>> config.loss_weights
+    {'topic': 2.0, 'sentiment': 1.0}
+    ```
     """
 
     model_type = "multitask_sentence_classifier"
@@ -250,9 +270,30 @@ class MultiTaskConfig(PretrainedConfig):
         super().__setattr__(key, value)
 
     def add_task(self, name, labels, multi_label=False):
-        """Add task `name` with `labels` (a list of label names) to the schema, after the existing tasks, with loss
-        weight 1.0; validated like a new config. This only changes the config: `MultiTaskModel.add_task` also adds
-        the task's head."""
+        r"""
+        Add a task to the schema, after the existing tasks, with loss weight 1.0; validated like a new config.
+
+        This only changes the config: [`MultiTaskModel.add_task`] also adds the task's head.
+
+        Args:
+            name (`str`):
+                The new task's name, a Python identifier not yet in `tasks`.
+            labels (`list[str]`):
+                Its label names, in column order.
+            multi_label (`bool`, *optional*, defaults to `False`):
+                Whether the task is multi-label (a sigmoid per label) rather than single-label (softmax).
+
+        Example:
+
+        ```python
+        >>> from configuration_multitask import MultiTaskConfig
+
+        >>> config = MultiTaskConfig(tasks={"sentiment": ["Negative", "Positive"]})
+        >>> config.add_task("emotion", ["joy", "anger", "fear"], multi_label=True)
+        >>> list(config.tasks), config.multi_label_tasks
+        (['sentiment', 'emotion'], ['emotion'])
+        ```
+        """
         if name in self.tasks:
             raise ValueError(f"task {name!r} already exists; tasks are {list(self.tasks)}")
         if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
@@ -283,8 +324,27 @@ class MultiTaskConfig(PretrainedConfig):
 
     @classmethod
     def from_saved_model(cls, name_or_path, **kwargs):
-        """The config of a multi-task model saved by this repository (a local directory or a Hub name), or a
-        ValueError in one line that says why it is not one: no such directory, or another kind of model."""
+        r"""
+        The config of a multi-task model saved by this repository; [`PretrainedConfig.from_pretrained`] with checks.
+
+        Args:
+            name_or_path (`str` or `os.PathLike`):
+                A saved model's local directory or Hub name.
+            kwargs (*optional*):
+                Passed to `from_pretrained`.
+
+        Returns:
+            [`MultiTaskConfig`]. Raises a one-line `ValueError` naming `name_or_path` when it is not such a model (no
+            such directory, no config.json, another kind of model, a removed setting).
+
+        Example:
+
+        ```python
+        >>> config = MultiTaskConfig.from_saved_model("outputs/multitask-minilm")  # doctest: +SKIP
+        >>> list(config.tasks)  # doctest: +SKIP
+        ['topic', 'sentiment']
+        ```
+        """
         check_model_source(name_or_path)
         if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
             raise ValueError(f"{name_or_path}: no config.json in it; not a saved model directory")

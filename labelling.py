@@ -5,7 +5,7 @@ server. A script only wires these functions to its command line.
 
     model, tokenizer, backend = load_for_inference("outputs/multitask-minilm")  # torch, or ONNX Runtime
     for row in label_texts(model, tokenizer, ["The striker scored twice.", "Rates went up again."]):
-        print(row)  # {"line": 1, "topic": {"label": "sports", "score": 0.97}, ...}
+        print(row)  # {"line": 1, "topic": {"label": "Entertainment/Sports", "score": 0.97}, ...}
     label_file(LabelArguments(model="outputs/multitask-minilm", input="in.jsonl", output="out.jsonl"))
 
 `label_file` streams a file of any size into a JSONL output, in input order, restartable:
@@ -434,17 +434,56 @@ def predict_window(model, tokenizer, records, args):
 
 
 def label_texts(model, tokenizer, texts, batch_size=32, max_length=None, with_embeddings=False, window=1024):
-    """Yield one output row per text, in input order, as `label_file` writes them (see `label_rows`); texts are read
-    and labelled `window` at a time, so an iterator of any length takes bounded memory.
+    r"""
+    Label texts as `label_file` writes them: one output row per text, in input order.
+
+    Texts are read and labelled `window` at a time, so an iterator of any length takes bounded memory.
 
     Args:
-        model: a `MultiTaskInference` (from `load_for_inference`: PyTorch or ONNX Runtime).
-        tokenizer: the model's tokenizer.
-        texts: str, or `Record`s (`line`, `text`, `id`); a str's `line` is its 1-based position.
-        batch_size, max_length, with_embeddings, window: as `LabelArguments`' fields.
+        model ([`MultiTaskInference`]):
+            The model, from `load_for_inference` (PyTorch or ONNX Runtime).
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The model's tokenizer.
+        texts (iterable of `str` or `Record`):
+            The texts; a str's `line` is its 1-based position, a `Record` brings its own `line` and `id`.
+        batch_size (`int`, *optional*, defaults to 32):
+            Texts per forward pass.
+        max_length (`int`, *optional*):
+            Tokens kept per text; defaults to the length the model was trained with.
+        with_embeddings (`bool`, *optional*, defaults to `False`):
+            Add each text's sentence embedding to its row (`"embedding"`).
+        window (`int`, *optional*, defaults to 1024):
+            Texts read, sorted by length and labelled per step.
 
-    A text that is not a str, or has nothing to read (`is_blank`), is a UserError naming it (`texts[3] is blank`)
-    when its window is reached; the rows of the windows before it have been yielded.
+    Returns:
+        An iterator of rows, `{"line": N, "id": ... (when the record has one), "<task>": result, ...}` (see
+        [`~MultiTaskInference.decode`] for a task's result). A text that is not a str, or has nothing to read
+        (`is_blank`), is a `UserError` naming it (`texts[3] is blank`) when its window is reached, after the rows of
+        the windows before it; an option out of range is one naming the parameter (`batch_size`).
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig, BertTokenizerFast
+    >>> from configuration_multitask import MultiTaskConfig
+    >>> from labelling import label_texts
+    >>> from modeling_multitask import MultiTaskModel
+
+    >>> backbone = BertConfig(
+    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    ... )
+    >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone))  # random weights
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
+    >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+    >>> rows = list(label_texts(model, tokenizer, ["the game was great", "rates went up"]))
+    >>> [row["line"] for row in rows], sorted(rows[0])
+    ([1, 2], ['line', 'sentiment', 'topic'])
+
+    >>> # a trained model
+    >>> model, tokenizer, backend = load_for_inference("outputs/multitask-minilm")  # doctest: +SKIP
+    >>> next(label_texts(model, tokenizer, ["The striker scored twice."]))  # doctest: +SKIP
+    {'line': 1, 'topic': {'label': 'Entertainment/Sports', 'score': 0.9...}, 'sentiment': {...}}
+    ```
     """
     check_options(batch_size=batch_size, window=window, max_length=max_length)
     batch = []
@@ -476,21 +515,35 @@ def _onnx_module():
 
 
 def load_for_inference(name_or_path, backend="torch", device="cpu"):
-    """The one loader of the scripts: `(model, tokenizer, backend used)` of a saved multi-task model.
+    r"""
+    Load a saved multi-task model and its tokenizer for labelling: the one loader of the scripts.
 
     Args:
-        name_or_path: a model directory saved by train.py, or a Hub name.
-        backend: "torch", "onnx" or "onnx-int8" (ONNX Runtime on the CPU, with the fp32 / int8 graph of
-            export_onnx.py), or "auto": "onnx" when the directory holds an ONNX export (and ONNX Runtime is
-            installed), else "torch".
-        device: where the PyTorch model runs (cpu, cuda, cuda:1, mps ...); an ONNX backend runs on the CPU.
+        name_or_path (`str` or `os.PathLike`):
+            A model directory saved by train.py, or a Hub name.
+        backend (`str`, *optional*, defaults to `"torch"`):
+            `"torch"`, `"onnx"` or `"onnx-int8"` (ONNX Runtime on the CPU, with the fp32 / int8 graph of
+            export_onnx.py), or `"auto"`: `"onnx"` when the directory holds an ONNX export (and ONNX Runtime is
+            installed), else `"torch"`.
+        device (`str`, *optional*, defaults to `"cpu"`):
+            Where the PyTorch model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`); an ONNX backend runs on the CPU.
 
-    Returns: the model (a `MultiTaskInference`), its tokenizer (read with the model's config, see
-    `load_saved_tokenizer`) and the backend used.
+    Returns:
+        `tuple`: the model (a [`MultiTaskInference`]: [`MultiTaskModel`] or [`OnnxMultiTaskModel`]), its tokenizer
+        (read with the model's config, see `load_saved_tokenizer`) and the backend used (`str`). Every reason it
+        cannot load is a `ModelError` of one line, raised before any weight is read where it can be: it names the path
+        (no such directory, another kind of model, missing or damaged weights or tokenizer, no ONNX export) or the
+        parameter (`backend`, `device`; `as_flag` turns it into the flag).
 
-    Every reason it cannot load is a ModelError of one line, raised before any weight is read where it can be: it
-    names the path (no such directory, another kind of model, missing or damaged weights or tokenizer, no ONNX
-    export) or the parameter (`backend`, `device`; see `as_flag`).
+    Example:
+
+    ```python
+    >>> from labelling import load_for_inference
+
+    >>> model, tokenizer, backend = load_for_inference("outputs/multitask-minilm", backend="auto")  # doctest: +SKIP
+    >>> backend  # doctest: +SKIP
+    'onnx'
+    ```
     """
     if backend not in ("auto", *BACKENDS):
         raise ModelError(f"backend {backend!r}: not one of auto, {', '.join(BACKENDS)}")
@@ -565,20 +618,37 @@ def process_share():
 
 
 def label_file(args, model=None, tokenizer=None, progress=None):
-    """Label `args.input` into `args.output`, going on after the last line written if the output is this run's.
+    r"""
+    Label `args.input` into `args.output` (JSONL), going on after the last line written if the output is this run's.
 
     Under a launcher with N processes, the input's windows are shared among them (see `predict_shared`); the output
-    is the same, line for line, as one process writes. `model`/`tokenizer`, if given, are used instead of loading
-    `args.model` (which still names the model in the output's record); `progress(line)` is called after each written
-    window with the last input line written. An input without a text to label writes no output file (a warning says
-    so).
+    is the same, line for line, as one process writes. An input without a text to label writes no output file (a
+    warning says so). The module's docstring describes the formats, the restart and the handling of bad lines.
 
     Args:
-        args: a `LabelArguments` (or `predict.py`'s `PredictArguments`): the model, input, output and options.
+        args ([`LabelArguments`]):
+            The model, input, output and options (`predict.py`'s `PredictArguments` too: its flags are these fields).
+        model ([`MultiTaskInference`], *optional*):
+            A model to use instead of loading `args.model` (which still names the model in the output's record).
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*):
+            Its tokenizer; given with `model`.
+        progress (`Callable[[int], None]`, *optional*):
+            Called after each written window with the last input line written.
 
-    Raises InputError for a bad file, a bad line (on_error=fail), an output of another run or one that cannot be
-    written, ModelError for a model that cannot be loaded (both UserError, of one line), and Interrupted on Ctrl-C
-    (its `line`: up to which input line the output is complete)."""
+    Returns:
+        `None`. Raises `InputError` for a bad file, a bad line (`on_error="fail"`), an output of another run or one
+        that cannot be written, `ModelError` for a model that cannot be loaded (both `UserError`, of one line), and
+        `Interrupted` on Ctrl-C (its `line`: up to which input line the output is complete).
+
+    Example:
+
+    ```python
+    >>> from labelling import LabelArguments, label_file
+
+    >>> args = LabelArguments(model="outputs/multitask-minilm", input="in.jsonl", output="out.jsonl")
+    >>> label_file(args)  # doctest: +SKIP
+    ```
+    """
     args = dataclasses.replace(args, format=input_format(args))  # the caller's arguments are left as they were
     output = check_paths(args)
     rank, world = process_share()

@@ -116,12 +116,12 @@ def task_loss(logits, labels, multi_label=False, label_smoothing=0.0):
     (batch, n_labels) of 0/1 (a row of -100 where the example has no label for the task): binary cross-entropy summed
     over the example's labelled labels, averaged over the labelled examples. Summed, not averaged over the labels:
     then a labelled example weighs about as much as one of a single-label task (whose cross-entropy also sums over its
-    labels' probabilities), whatever the number of labels; averaged over 28 labels, an emotion task's gradient was so
-    small beside topic and sentiment that the shared encoder ignored it (docs/design.md, "Multi-label heads"). With no
+    labels' probabilities), whatever the number of labels; averaged over many labels, a task's gradient is too small
+    beside the single-label tasks' for the shared encoder to learn it (docs/design.md, "Multi-label heads"). With no
     labelled example the loss is exactly 0 (abs turns -0.0 into 0.0) but still connected to the head, so DDP sees
-    every parameter used (its gradient is 0). `label_smoothing` (single-label only; the trainer passes
-    `--label_smoothing_factor` while training): the cross-entropy against a target with that much of its mass spread
-    evenly over the labels, as `F.cross_entropy(label_smoothing=)` defines it.
+    every parameter used (its gradient is 0). `label_smoothing` (single-label only; the trainer passes its
+    `TrainingArguments.label_smoothing_factor` while training): the cross-entropy against a target with that much of
+    its mass spread evenly over the labels, as `F.cross_entropy(label_smoothing=)` defines it.
     """
     if multi_label:
         labels = labels.to(logits.device).view(logits.shape)  # (batch, n_labels)
@@ -234,8 +234,49 @@ class MultiTaskInference:
         return batch
 
     def iter_batches(self, texts, tokenizer, batch_size=32, max_length=None):
-        """Yield `(indices, logits, embeddings)` over length-sorted batches of `texts` (each batch pads little);
-        `indices` are the positions of the batch's texts in `texts`, so callers put results back in input order."""
+        r"""
+        Run the model over `texts` in length-sorted batches (each batch pads little), without decoding.
+
+        Blank texts are not refused here ([`~MultiTaskInference.predict`] refuses them; `predict.py` has its own rule).
+
+        Args:
+            texts (`str` or `list[str]`):
+                The texts.
+            tokenizer ([`PreTrainedTokenizerBase`]):
+                The model's tokenizer.
+            batch_size (`int`, *optional*, defaults to 32):
+                Texts per forward pass.
+            max_length (`int`, *optional*):
+                Tokens kept per text; defaults to `config.max_seq_length`, capped by the tokenizer's and the encoder's
+                limits (see `input_limit`). A text cut short is logged.
+
+        Returns:
+            An iterator of `(indices, logits, embeddings)`, one per batch: `indices` (`list[int]`) are the positions
+            of the batch's texts in `texts` (so callers put results back in input order), `logits` a dict task ->
+            `torch.FloatTensor` of shape `(batch, n_labels)` and `embeddings` a `torch.FloatTensor` of shape
+            `(batch, hidden)`, on the CPU.
+
+        Example:
+
+        ```python
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> from transformers import BertTokenizerFast
+
+        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
+        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> for indices, logits, embeddings in model.iter_batches(["the game", "rates went up"], tokenizer):
+        ...     print(indices, logits["topic"].shape, embeddings.shape)
+        [1, 0] torch.Size([2, 3]) torch.Size([2, 32])
+        ```
+        """
         texts = check_texts(texts, allow_blank=True)  # predict/encode refuse blank texts; predict.py has its own rule
         positive_int("batch_size", batch_size)
         self.check_options(max_length=max_length)
@@ -246,13 +287,43 @@ class MultiTaskInference:
             yield idx, logits, embeddings
 
     def decode(self, logits, top_k=None):
-        """Logits of every task (task -> `(batch, n_labels)`) -> one dict per row, `{task: result}`.
+        r"""
+        Turn logits into labels: the one place where that happens.
 
-        Single-label task: `{"label", "score"}`, the label with the highest softmax probability; with `top_k > 1`, a
-        list of the `top_k` best such dicts. Multi-label task (`config.multi_label_tasks`): a list of `{"label",
-        "score"}` (score: the label's sigmoid probability), best first, of the labels whose score is >= their
-        threshold (`config.thresholds(task)`), possibly empty; with `top_k`, the `top_k` best labels whatever the
-        thresholds. This is the one place where logits become labels."""
+        Args:
+            logits (`dict[str, torch.Tensor]`):
+                Task -> logits of shape `(batch, n_labels)`, columns in `config.tasks[task]` order; tasks may be left
+                out.
+            top_k (`int`, *optional*):
+                Single-label tasks: return the `top_k` best labels (a list, when `top_k > 1`) instead of the best.
+                Multi-label tasks: the `top_k` best labels whatever their thresholds.
+
+        Returns:
+            `list[dict]`: one dict per row, `{task: result}`. A single-label task's result is `{"label", "score"}`,
+            the label with the highest softmax probability (with `top_k > 1`, a list of the `top_k` best, best
+            first). A multi-label task's (`config.multi_label_tasks`) is a list of `{"label", "score"}` (the label's
+            sigmoid probability), best first, of the labels whose score is >= their threshold
+            (`config.thresholds(task)`), possibly empty.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> model.decode({"sentiment": torch.tensor([[0.0, 2.0]])})
+        [{'sentiment': {'label': 'Positive', 'score': 0.88...}}]
+        >>> model.decode({"sentiment": torch.tensor([[0.0, 2.0]])}, top_k=2)
+        [{'sentiment': [{'label': 'Positive', 'score': 0.88...}, {'label': 'Negative', 'score': 0.11...}]}]
+        ```
+        """
         positive_int("top_k", top_k, allow_none=True)
         per_task = {}
         for task, task_logits in logits.items():
@@ -279,7 +350,47 @@ class MultiTaskInference:
         return rows
 
     def encode(self, texts, tokenizer, batch_size=32, normalize=False, max_length=None):
-        """Fixed-length sentence embeddings, a float tensor of shape (n, hidden), in input order."""
+        r"""
+        Fixed-length sentence embeddings: the pooled encoder output that every head reads.
+
+        Args:
+            texts (`str` or `list[str]`):
+                The texts; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
+            tokenizer ([`PreTrainedTokenizerBase`]):
+                The model's tokenizer.
+            batch_size (`int`, *optional*, defaults to 32):
+                Texts per forward pass.
+            normalize (`bool`, *optional*, defaults to `False`):
+                Scale each embedding to unit L2 norm (then a dot product is the cosine similarity).
+            max_length (`int`, *optional*):
+                Tokens kept per text; defaults to `config.max_seq_length` (see `iter_batches`).
+
+        Returns:
+            `torch.FloatTensor` of shape `(len(texts), hidden)`, on the CPU, in input order.
+
+        Example:
+
+        ```python
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> from transformers import BertTokenizerFast
+
+        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
+        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> embeddings = model.encode(["the game was great", "rates went up"], tokenizer, normalize=True)
+        >>> embeddings.shape
+        torch.Size([2, 32])
+        >>> print(f"{embeddings[0].norm():.3f}")
+        1.000
+        ```
+        """
         texts = check_texts(texts)
         out = torch.zeros(len(texts), self.config.hidden_size)
         for idx, _, emb in self.iter_batches(texts, tokenizer, batch_size, max_length):
@@ -287,9 +398,54 @@ class MultiTaskInference:
         return out
 
     def predict(self, texts, tokenizer, batch_size=32, top_k=None, max_length=None):
-        """One dict per text, in input order: `{task: {"label": name, "score": probability}}`; with `top_k > 1`, a
-        list of the top-k such dicts per task; a multi-label task gives a list of the labels above their thresholds
-        (see `decode`)."""
+        r"""
+        Label texts with every task of the model.
+
+        Args:
+            texts (`str` or `list[str]`):
+                The texts; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
+            tokenizer ([`PreTrainedTokenizerBase`]):
+                The model's tokenizer.
+            batch_size (`int`, *optional*, defaults to 32):
+                Texts per forward pass (texts are sorted by length first, so each batch pads little).
+            top_k (`int`, *optional*):
+                Return the `top_k` best labels per task instead of the best one (see `decode`).
+            max_length (`int`, *optional*):
+                Tokens kept per text; defaults to `config.max_seq_length` (see `iter_batches`).
+
+        Returns:
+            `list[dict]`: one dict per text, in input order, `{task: {"label": name, "score": probability}}`; with
+            `top_k > 1`, a list of the `top_k` best such dicts per task; a multi-label task gives the list of its
+            labels at or above their thresholds (see `decode`).
+
+        Example:
+
+        ```python
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> from transformers import BertTokenizerFast
+
+        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
+        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> results = model.predict(["the game was great", "rates went up"], tokenizer)
+        >>> results[0]["sentiment"]
+        {'label': ..., 'score': ...}
+
+        >>> # a trained model, saved by train.py
+        >>> from modeling_multitask import load_saved_model, load_saved_tokenizer
+        >>> model = load_saved_model("outputs/multitask-minilm")  # doctest: +SKIP
+        >>> tokenizer = load_saved_tokenizer("outputs/multitask-minilm", model.config)  # doctest: +SKIP
+        >>> model.predict(["Shares of the chipmaker jumped after earnings."], tokenizer)  # doctest: +SKIP
+        [{'topic': {'label': 'Finance/Tech', 'score': 0.97...}, 'sentiment': {'label': 'Positive', 'score': 0.91...}}]
+        ```
+        """
         texts = check_texts(texts)
         positive_int("top_k", top_k, allow_none=True)
         results = [None] * len(texts)
@@ -318,12 +474,39 @@ class MultiTaskPreTrainedModel(PreTrainedModel):
 
 
 class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
-    def __init__(self, config, backbone=None):
-        r"""
+    r"""
+    A shared sentence encoder, a pooling step and one classification head per task of `config.tasks`.
+
+    One forward pass answers every task. To put heads on pretrained encoder weights, use
+    [`~MultiTaskModel.from_backbone`]; to load a trained model, `from_pretrained` (or [`load_saved_model`], which
+    checks more). `predict` and `encode` label and embed raw texts.
+
+    Args:
+        config ([`MultiTaskConfig`]):
+            The encoder's config, the task schema and the head options. The model is built from it alone, with random
+            weights.
         backbone (`PreTrainedModel`, *optional*):
             An already built encoder for `config.backbone_config` (how `from_backbone` puts heads on pretrained
             weights); by default the encoder is built from the config with random weights.
-        """
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from configuration_multitask import MultiTaskConfig
+    >>> from modeling_multitask import MultiTaskModel
+
+    >>> backbone = BertConfig(
+    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    ... )
+    >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+    >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+    >>> model.heads["sentiment"].out_proj
+    Linear(in_features=32, out_features=2, bias=True)
+    ```
+    """
+
+    def __init__(self, config, backbone=None):
         super().__init__(config)
         if backbone is None:
             backbone = AutoModel.from_config(config.backbone_config, **backbone_kwargs(config.backbone_config))
@@ -366,11 +549,34 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
 
     @classmethod
     def from_backbone(cls, name_or_path, tasks=None, backbone_name=None, **config_kwargs):
-        """Pretrained encoder weights (one `AutoModel.from_pretrained` call) plus freshly initialised heads.
+        r"""
+        Pretrained encoder weights (one `AutoModel.from_pretrained` call) plus freshly initialised heads.
 
-        `name_or_path` is a Hub name or a local directory; `backbone_name` is what `config.json` records as the
-        encoder's `_name_or_path` (default: `name_or_path`; pass the public name when loading from a local copy, so
-        that nothing machine-specific is shared). `config_kwargs` go to [`MultiTaskConfig`].
+        Args:
+            name_or_path (`str` or `os.PathLike`):
+                The encoder: a Hub name or a local directory that `AutoModel.from_pretrained` reads.
+            tasks (`dict[str, list[str]]`, *optional*):
+                Task name -> label names (see [`MultiTaskConfig`]); defaults to topic and sentiment.
+            backbone_name (`str`, *optional*):
+                What `config.json` records as the encoder's `_name_or_path`; defaults to `name_or_path`. Pass the public
+                name when loading a local copy, so that nothing machine-specific is shared.
+            config_kwargs (*optional*):
+                Passed to [`MultiTaskConfig`] (`pooling`, `loss_weights`, `multi_label_tasks`, ...).
+
+        Returns:
+            [`MultiTaskModel`]. A checkpoint that cannot be read is a one-line `ValueError` naming `name_or_path`.
+
+        Example:
+
+        ```python
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> model = MultiTaskModel.from_backbone(
+        ...     "sentence-transformers/all-MiniLM-L6-v2", tasks={"sentiment": ["Negative", "Positive"]}
+        ... )  # doctest: +SKIP
+        >>> model.config.backbone_config.hidden_size  # doctest: +SKIP
+        384
+        ```
         """
         with checkpoint_errors(name_or_path):
             backbone_config = AutoConfig.from_pretrained(name_or_path)
@@ -383,9 +589,40 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         return cls(config, backbone=backbone)
 
     def add_task(self, name, labels, multi_label=False):
-        """Add task `name` (label names `labels`; multi-label or not) with a freshly initialised head, and record it in
-        the config, so `save_pretrained` saves it. The encoder and the other heads are untouched: with them frozen
-        (`trainer_multitask.freeze`), the other tasks' outputs stay bit-identical while the new head trains."""
+        r"""
+        Add a task with a freshly initialised head, and record it in the config so that `save_pretrained` saves it.
+
+        The encoder and the other heads are untouched: with them frozen (`trainer_multitask.freeze`), the other tasks'
+        outputs stay bit-identical while the new head trains.
+
+        Args:
+            name (`str`):
+                The new task's name, a Python identifier not yet in `config.tasks`.
+            labels (`list[str]`):
+                Its label names, in column order.
+            multi_label (`bool`, *optional*, defaults to `False`):
+                Whether the task is multi-label (a sigmoid per label) rather than single-label (softmax).
+
+        Returns:
+            [`TaskHead`]: the new head, on the model's device and dtype.
+
+        Example:
+
+        ```python
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> head = model.add_task("emotion", ["joy", "anger", "fear"], multi_label=True)
+        >>> list(model.config.tasks), head.out_proj.out_features
+        (['topic', 'sentiment', 'emotion'], 3)
+        ```
+        """
         self.config.add_task(name, labels, multi_label)
         head = TaskHead(
             self.config.hidden_size,
@@ -406,10 +643,43 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, **labels):
         r"""
-        labels_<task> (`torch.LongTensor` of shape `(batch,)`, *optional*):
-            Label ids of `<task>` (indices into `config.tasks[task]`); -100 marks an example with no label for it.
-            For a multi-label task, a `torch.FloatTensor` of shape `(batch, len(config.tasks[task]))`: 1.0 for each
-            label the example has, 0.0 for the others, a row of -100 for an example with no label for the task.
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
+                Token ids from the model's tokenizer; give these or `inputs_embeds`.
+            attention_mask (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
+                1 for real tokens, 0 for padding; pooling reads real tokens only. Defaults to all ones.
+            token_type_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
+                Segment ids, passed on to encoders that take them (BERT does, DistilBERT does not).
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq, hidden)`, *optional*):
+                Token embeddings instead of `input_ids`.
+            labels_<task> (`torch.LongTensor` of shape `(batch,)`, *optional*):
+                Label ids of `<task>` (indices into `config.tasks[task]`); -100 marks an example with no label for it.
+                For a multi-label task, a `torch.FloatTensor` of shape `(batch, len(config.tasks[task]))`: 1.0 for each
+                label the example has, 0.0 for the others, a row of -100 for an example with no label for the task.
+
+        Returns:
+            [`MultiTaskModelOutput`]: `logits` (task -> `(batch, n_labels)`) and `embeddings` (`(batch, hidden)`);
+            `loss` and `task_losses` when any `labels_<task>` is given.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from transformers import BertConfig
+        >>> from configuration_multitask import MultiTaskConfig
+        >>> from modeling_multitask import MultiTaskModel
+
+        >>> backbone = BertConfig(
+        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ... )
+        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
+        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> output = model(input_ids=torch.tensor([[2, 5, 6, 3]]), labels_sentiment=torch.tensor([1]))
+        >>> output.logits["topic"].shape, output.embeddings.shape
+        (torch.Size([1, 3]), torch.Size([1, 32]))
+        >>> list(output.task_losses), output.loss.shape
+        (['sentiment'], torch.Size([]))
+        ```
         """
         expected = [f"labels_{task}" for task in self.config.tasks]
         unknown = sorted(k for k in labels if k not in expected)
@@ -434,7 +704,7 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
     def compute_losses(self, logits, labels, label_smoothing=0.0):
         """`(loss, {task: loss})` of `logits` (`{task: (batch, n_labels)}`) against `labels` (`{"labels_<task>":
         tensor}`, a task left out has no labels): each task's `task_loss`, single-label tasks smoothed by
-        `label_smoothing` (the trainer's `--label_smoothing_factor`), summed with `config.loss_weights`."""
+        `label_smoothing` (the trainer's `args.label_smoothing_factor`), summed with `config.loss_weights`."""
         task_losses = {}
         for task in self.config.tasks:
             task_labels = labels.get(f"labels_{task}")
@@ -504,13 +774,34 @@ def _first_line(error):
 
 
 def load_saved_model(name_or_path, device=None, **kwargs):
-    """A multi-task model saved by `save_pretrained` (train.py), on `device`, every weight in place.
+    r"""
+    A multi-task model saved by `save_pretrained` (train.py), every weight in place: the one loader of the scripts.
 
-    The one loader of the scripts: every reason it cannot be loaded is a ValueError of one line naming
-    `name_or_path` (no such directory, another kind of model, missing or damaged weights, weights that do not fit its
-    config, a checkpoint that cannot be unpickled safely, a device this machine lacks), raised before any weight is
-    read where it can be. `kwargs` go to `from_pretrained`: config settings to override (`classifier_dropout=0.2`), or
-    its own options.
+    Every reason it cannot be loaded is a one-line `ValueError`, raised before any weight is read where it can be: it
+    names `name_or_path` (no such directory, another kind of model, missing or damaged weights, weights that do not fit
+    its config, a checkpoint that cannot be unpickled safely) or `device` (one this machine lacks).
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            A directory saved by train.py (or `save_pretrained`), or a Hub name.
+        device (`str` or `torch.device`, *optional*):
+            Where to put the model (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`); by default where `from_pretrained` puts it.
+        kwargs (*optional*):
+            Config settings to override (`classifier_dropout=0.2`), a `config` to use instead of the saved one, or
+            options of `from_pretrained`.
+
+    Returns:
+        [`MultiTaskModel`].
+
+    Example:
+
+    ```python
+    >>> from modeling_multitask import load_saved_model
+
+    >>> model = load_saved_model("outputs/multitask-minilm", device="cpu")  # doctest: +SKIP
+    >>> list(model.config.tasks)  # doctest: +SKIP
+    ['topic', 'sentiment']
+    ```
     """
     if device is not None:
         device = check_device(device)
@@ -533,9 +824,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def load_saved_tokenizer(name_or_path, config):
-    """The tokenizer saved with a model (or an encoder), read with `config` (the model's config: without it,
-    `AutoTokenizer` would read config.json, see its `auto_map` and ask to run remote code); a one-line ValueError
-    naming `name_or_path` when there is none or it cannot be read."""
+    r"""
+    The tokenizer saved with a model (or an encoder).
+
+    Args:
+        name_or_path (`str` or `os.PathLike`):
+            The model's directory or Hub name.
+        config ([`MultiTaskConfig`] or `PretrainedConfig`):
+            The model's config. Without it, `AutoTokenizer` would read config.json, see its `auto_map` and ask to run
+            remote code.
+
+    Returns:
+        A [`PreTrainedTokenizerBase`]. A one-line `ValueError` naming `name_or_path` when there is none, it cannot be
+        read, or it has more tokens than the encoder's vocabulary.
+
+    Example:
+
+    ```python
+    >>> from modeling_multitask import load_saved_model, load_saved_tokenizer
+
+    >>> model = load_saved_model("outputs/multitask-minilm")  # doctest: +SKIP
+    >>> tokenizer = load_saved_tokenizer("outputs/multitask-minilm", model.config)  # doctest: +SKIP
+    ```
+    """
     saved_model = hasattr(config, "backbone_config")  # saved by save_pretrained with tokenizer.json, not an encoder
     if (
         saved_model

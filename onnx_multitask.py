@@ -56,9 +56,8 @@ ORT_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.Inval
                    ort_errors.InvalidArgument, ort_errors.NoSuchFile)  # fmt: skip
 PARITY_TOLERANCE = 1e-4  # an export whose fp32 graph differs more than this from PyTorch on its example is refused
 # Opset 23 is the first with an Attention operator: the exporter maps the encoder's scaled_dot_product_attention to
-# one node per layer instead of MatMul/Softmax/Transpose pieces, and ONNX Runtime runs it fused. Measured on MiniLM,
-# 2 cores, batch 32: fp32 +5%, int8 +12% against the exporter's default opset 20. Runtimes older than onnxruntime
-# 1.23 cannot load it; export with --opset 20 for them.
+# one fused node per layer, which runs faster than opset 20's MatMul/Softmax pieces (docs/results.md). onnxruntime
+# older than 1.23 cannot load it: export with opset 20 for those.
 DEFAULT_OPSET = 23
 
 
@@ -285,7 +284,7 @@ def export_fp32(model, path, opset=None):
     shapes symbolically and raises when the code specialises on a dynamic axis, so a graph that exports is dynamic
     or the export fails. Batch and sequence axes are declared with `dynamic_shapes` (torch.export.Dim; the sequence
     axis is capped at the encoder's position limit). The price is the onnxscript dependency and a slower export
-    (MiniLM on a busy 2-core machine: 23 s, against 11 s for the legacy exporter). `opset` defaults to DEFAULT_OPSET.
+    (docs/results.md). `opset` defaults to DEFAULT_OPSET.
     """
     opset = opset or DEFAULT_OPSET
     names = input_names(model)
@@ -333,9 +332,9 @@ def check_parity(model, path):
 
 def quantize_int8(fp32_path, int8_path):
     """Dynamic quantisation: int8 weights for every MatMul with a constant weight (the encoder's linear layers and the
-    heads) and for the embedding tables; activations quantised on the fly per batch; no calibration data needed. Per output channel: one scale per column
-    instead of one per matrix. On the real dev sets (benchmarks/onnx_speed.py) it kept topic accuracy where one scale
-    per matrix lost 0.44 points, at the same speed."""
+    heads) and for the embedding tables; activations quantised on the fly per batch; no calibration data needed. Per
+    output channel (one scale per column instead of one per matrix): it keeps the accuracy that one scale per matrix
+    loses, at the same speed (docs/results.md)."""
 
     # The quantiser advises (on the root logger) running its pre-processing first: its symbolic shape inference fails on
     # this graph, and with it skipped the result had the same accuracy; so the advice is dropped, not followed.
@@ -353,14 +352,37 @@ def quantize_int8(fp32_path, int8_path):
 
 
 def export(model_dir, opset=None, quantize=True):
-    """Export the saved multi-task model in `model_dir` into `model_dir/onnx/`: the fp32 graph, the int8 graph (unless
-    `quantize=False`), export.json and the code that serves them. Returns the paths written.
+    r"""
+    Export the saved multi-task model in `model_dir` into `model_dir/onnx/`, atomically.
 
-    Atomic: everything is written into a staging folder first (onnx/.export-<pid>/), removed whatever happens; once
-    it is complete the old export.json is removed, the new files moved in and the new export.json moved in last, with
-    Ctrl-C held back for those renames. So an interrupted or failed export (Ctrl-C, a full disk) leaves the previous
-    export as it was, or no onnx/ folder when there was none. Raises a one-line ValueError for a directory that is not a
-    saved multi-task model with its tokenizer, and when another export of the same model is running.
+    Writes the fp32 graph, the int8 graph, export.json and the code that serves them. Everything is written into a
+    staging folder first (onnx/.export-<pid>/), removed whatever happens; once it is complete the old export.json is
+    removed, the new files moved in and the new export.json moved in last, with Ctrl-C held back for those renames. So
+    an interrupted or failed export (Ctrl-C, a full disk) leaves the previous export as it was, or no onnx/ folder when
+    there was none.
+
+    Args:
+        model_dir (`str` or `os.PathLike`):
+            A local directory saved by train.py: config.json, the weights and the tokenizer.
+        opset (`int`, *optional*, defaults to `DEFAULT_OPSET` (23)):
+            The ONNX opset; 20 for onnxruntime older than 1.23.
+        quantize (`bool`, *optional*, defaults to `True`):
+            Also write the int8 graph (dynamic quantisation).
+
+    Returns:
+        `list[Path]`: the paths written. A one-line `ValueError` for a directory that is not a saved multi-task model
+        with its tokenizer and when another export of the same model is running; a `PermissionError` when the
+        directory cannot be written.
+
+    Example:
+
+    ```python
+    >>> from onnx_multitask import export
+
+    >>> paths = export("outputs/multitask-minilm")  # doctest: +SKIP
+    >>> [path.name for path in paths[:2]]  # doctest: +SKIP
+    ['model.onnx', 'model_int8.onnx']
+    ```
     """
     model_dir = Path(model_dir)
     config = check_model_dir(model_dir)
@@ -435,9 +457,30 @@ def _export_locked(model_dir, config, opset, quantize):
 
 
 class OnnxMultiTaskModel(MultiTaskInference):
-    """A saved multi-task model's ONNX graph in ONNX Runtime (CPU), with `MultiTaskModel`'s inference surface:
-    `predict`, `encode`, `iter_batches`, `decode` (inherited from `MultiTaskInference`, so labels are decoded by the
-    same code)."""
+    r"""
+    A saved multi-task model's ONNX graph in ONNX Runtime (CPU), with [`MultiTaskModel`]'s inference surface.
+
+    `predict`, `encode`, `iter_batches` and `decode` are inherited from [`MultiTaskInference`], so texts are batched and
+    labels decoded by the same code as in PyTorch. Build it with [`~OnnxMultiTaskModel.from_pretrained`].
+
+    Args:
+        config ([`MultiTaskConfig`]):
+            The model's config: the task schema and the thresholds that decoding reads.
+        session (`onnxruntime.InferenceSession`):
+            The graph, with an output `logits_<task>` per task and `embeddings`.
+
+    Example:
+
+    ```python
+    >>> from modeling_multitask import load_saved_tokenizer
+    >>> from onnx_multitask import OnnxMultiTaskModel
+
+    >>> model = OnnxMultiTaskModel.from_pretrained("outputs/multitask-minilm", quantized=True)  # doctest: +SKIP
+    >>> tokenizer = load_saved_tokenizer("outputs/multitask-minilm", model.config)  # doctest: +SKIP
+    >>> model.predict(["The striker scored twice."], tokenizer)  # doctest: +SKIP
+    [{'topic': {'label': 'Entertainment/Sports', 'score': 0.9...}, 'sentiment': {'label': 'Positive', 'score': 0.8...}}]
+    ```
+    """
 
     def __init__(self, config, session):
         self.config = config
@@ -450,14 +493,34 @@ class OnnxMultiTaskModel(MultiTaskInference):
 
     @classmethod
     def from_pretrained(cls, model_dir, quantized=False, threads=None, spinning=False):
-        """Load the fp32 (or int8) graph exported into `model_dir`. A one-line ValueError when there is no export,
-        when config.json or the weights changed since it was made, when the graph is not the one export.json records
-        (its sha256: altered, cut short, another export's) and when ONNX Runtime cannot load it.
+        r"""
+        Load the fp32 (or int8) graph that `export` wrote into `model_dir`, after checking that it is still current.
 
-        `threads`: ONNX Runtime intra-op threads (default: ONNX Runtime's, one per core). `spinning`: whether idle
-        worker threads busy-wait for the next operator (ONNX Runtime's default). Off by default: where cores are
-        shared with other processes, a spinning thread takes the core that the thread it waits for needs (see the
-        README's "Serving on CPU" for the measurements)."""
+        Args:
+            model_dir (`str` or `os.PathLike`):
+                The saved model's directory (the one holding `onnx/`).
+            quantized (`bool`, *optional*, defaults to `False`):
+                Load the int8 graph (`onnx/model_int8.onnx`) instead of the fp32 one.
+            threads (`int`, *optional*):
+                ONNX Runtime's intra-op threads; by default ONNX Runtime's choice, one per core.
+            spinning (`bool`, *optional*, defaults to `False`):
+                Whether idle worker threads busy-wait for the next operator (ONNX Runtime's own default). Off: where
+                cores are shared with other processes, a spinning thread takes the core that the thread it waits for
+                needs (docs/design.md, "Serving on CPU").
+
+        Returns:
+            [`OnnxMultiTaskModel`]. A one-line `ValueError` when there is no export, when config.json or the weights
+            changed since it was made, when the graph is not the one export.json records (its sha256: altered, cut
+            short, another export's) and when ONNX Runtime cannot load it.
+
+        Example:
+
+        ```python
+        >>> from onnx_multitask import OnnxMultiTaskModel
+
+        >>> model = OnnxMultiTaskModel.from_pretrained("outputs/multitask-minilm", threads=2)  # doctest: +SKIP
+        ```
+        """
         manifest = read_manifest(model_dir)
         if manifest is None and (Path(model_dir) / MANIFEST).is_file():  # the onnx/ folder itself
             parent = Path(model_dir).parent

@@ -24,10 +24,40 @@ TASK = "multitask-classification"
 
 
 class MultiTaskClassificationPipeline(Pipeline):
-    """One text -> `{task: {"label", "score"}}` for every task of the model; with `top_k=k`, `{task: [k such dicts,
-    best first]}`; a multi-label task gives the list of its labels above their thresholds (see the model's `decode`).
-    A list of texts gives a list of those (`batch_size=` batches them). Texts are truncated to the encoder's limit
-    (`max_length=` lowers it)."""
+    r"""
+    The `"multitask-classification"` pipeline: every task of a multi-task model for each text.
+
+    Built by `transformers.pipeline(model=DIR, trust_remote_code=True)` from a model directory that `save_pipeline`
+    made loadable (train.py does). Labels are decoded by the model's own `decode`, so the pipeline answers exactly
+    what `model.predict` answers.
+
+    Args:
+        inputs (`str` or `list[str]`):
+            A text, or a list of texts (then a list of results). A blank text is refused, as `model.predict` refuses
+            it.
+        top_k (`int`, *optional*):
+            Give the `top_k` best labels per task, best first, instead of the best one.
+        max_length (`int`, *optional*):
+            Tokens kept per text; defaults to the length the model was trained with (`config.max_seq_length`).
+        batch_size (`int`, *optional*, defaults to 1):
+            Texts per forward pass, for a list of texts (the `Pipeline` option).
+
+    Returns:
+        `dict`, per text: `{task: {"label", "score"}}`; with `top_k=k`, `{task: [k such dicts, best first]}`; a
+        multi-label task gives the list of its labels at or above their thresholds.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+
+    >>> classify = pipeline(model="outputs/multitask-minilm", trust_remote_code=True)  # doctest: +SKIP
+    >>> classify("Shares of the chipmaker jumped after earnings.")  # doctest: +SKIP
+    {'topic': {'label': 'Finance/Tech', 'score': 0.97...}, 'sentiment': {'label': 'Positive', 'score': 0.91...}}
+    >>> classify(["The striker scored twice.", "Rates went up again."], top_k=2, batch_size=2)  # doctest: +SKIP
+    [{'topic': [{'label': 'Entertainment/Sports', 'score': ...}, ...], ...}, ...]
+    ```
+    """
 
     _load_processor = False
     _load_image_processor = False

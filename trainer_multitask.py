@@ -283,11 +283,64 @@ def distillation_loss(student_logits, teacher_logits, multi_label=False, tempera
 
 
 class MultiTaskTrainer(Trainer):
-    """Trainer for `MultiTaskModel`: logs each task's loss, returns per-task logits and labels in task order, and
-    builds optimizer groups for a separate head learning rate and layer-wise learning-rate decay. Over named
-    evaluation sets (a dict `eval_dataset`) it adds the selection metric (`evaluate`). With a `teacher` (a frozen
-    copy of the model training started from) and `distill_weight` > 0, the training loss adds `distill_weight` x the distillation loss
-    of the teacher's tasks `distill_tasks` on every training row (learning without forgetting)."""
+    r"""
+    [`Trainer`] for [`MultiTaskModel`]: per-task losses in the logs, per-task logits and labels for the metrics.
+
+    It logs each task's loss (`loss_<task>`), returns logits and labels as tuples in task order (what
+    `make_compute_metrics` reads), builds optimizer groups for a separate head learning rate and layer-wise
+    learning-rate decay, and over named evaluation sets (a dict `eval_dataset`) adds the selection metric (see
+    `evaluate`). `tune_thresholds` chooses the multi-label tasks' decision thresholds. It takes every argument of
+    [`Trainer`], plus:
+
+    Args:
+        head_learning_rate (`float`, *optional*):
+            Learning rate of the heads; defaults to `args.learning_rate`, like the encoder's.
+        layerwise_lr_decay (`float`, *optional*, defaults to 1.0):
+            Encoder layer i of L learns at `learning_rate * layerwise_lr_decay ** (L - i)`, the embeddings one step
+            lower (see `parameter_groups`); 1.0: every layer at `learning_rate`.
+        selection_sets (`list[str]`, *optional*):
+            The named evaluation sets whose mean F1 best-model selection reads (`eval_mean_f1`); defaults to all.
+        batch_by_task (`bool`, *optional*, defaults to `False`):
+            Make every training batch from rows labelled for the same tasks (`TaskGroupedSampler`).
+        teacher ([`MultiTaskModel`], *optional*):
+            A frozen copy of the model training started from, for learning without forgetting.
+        distill_tasks (`list[str]`, *optional*, defaults to `()`):
+            The teacher's tasks whose outputs the model is kept close to.
+        distill_weight (`float`, *optional*, defaults to 0.0):
+            With a `teacher` and a weight > 0, the training loss adds `distill_weight` times the distillation loss of
+            `distill_tasks` on every training row (`distillation_loss`).
+        distill_temperature (`float`, *optional*, defaults to 2.0):
+            The softmax temperature of the distillation loss.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from transformers import BertConfig, TrainingArguments
+    >>> from configuration_multitask import MultiTaskConfig
+    >>> from modeling_multitask import MultiTaskModel
+    >>> from trainer_multitask import MultiTaskTrainer, make_compute_metrics
+
+    >>> backbone = BertConfig(
+    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+    ... )
+    >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone))  # random weights
+    >>> args = TrainingArguments(output_dir=tempfile.mkdtemp(), learning_rate=5e-5, report_to="none")
+    >>> trainer = MultiTaskTrainer(model=model, args=args, head_learning_rate=1e-3, layerwise_lr_decay=0.9)
+    >>> max(group["lr"] for group in trainer.create_optimizer().param_groups)  # the heads'
+    0.001
+
+    >>> # with tokenised datasets holding input_ids, attention_mask and labels_<task> columns
+    >>> trainer = MultiTaskTrainer(
+    ...     model=model,
+    ...     args=args,
+    ...     train_dataset=train_dataset,
+    ...     eval_dataset=eval_dataset,
+    ...     compute_metrics=make_compute_metrics(list(model.config.tasks), model.config),
+    ... )  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+    """
 
     def __init__(
         self,
@@ -459,7 +512,8 @@ def embedding_module(backbone):
 
 
 def freeze(model, backbone=False, embeddings=False, layers=0, heads=()):
-    """Set requires_grad=False on the chosen parts. Returns the names of the frozen parameters."""
+    """Set requires_grad=False on the encoder (`backbone`), its `embeddings` and lowest `layers` blocks, and the
+    `heads` named. Returns the names of the frozen parameters."""
     parts = []
     if backbone:
         parts.extend(model.encoder_modules().values())
@@ -469,11 +523,11 @@ def freeze(model, backbone=False, embeddings=False, layers=0, heads=()):
         if layers:
             depths = model.encoder_depths()
             if layers > len(depths):
-                raise ValueError(f"--freeze_layers {layers} but the encoder has {len(depths)} layers")
+                raise ValueError(f"layers {layers} but the encoder has {len(depths)} layers")
             parts.extend(block for depth in depths[:layers] for block in depth)
     for task in heads:
         if task not in model.heads:
-            raise ValueError(f"--freeze_heads names unknown task {task!r}; tasks are {list(model.heads)}")
+            raise ValueError(f"heads names unknown task {task!r}; tasks are {list(model.heads)}")
         parts.append(model.heads[task])
     frozen = set()
     for part in parts:
@@ -524,11 +578,12 @@ def selection_metrics(metrics, sets, prefix="eval"):
 
 
 def wise_ft(model, pretrained_encoder, alpha):
-    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder becomes `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha`
-    1 keeps the fine-tuned encoder and 0 restores the pretrained one, both exactly (`torch.lerp`).
-    `pretrained_encoder` is a copy of `model.encoder_state_dict()` taken before training."""
+    """WiSE-FT (Wortsman et al., CVPR 2022), in place: every floating-point tensor of the encoder becomes
+    `(1 - alpha) * pretrained + alpha * fine-tuned`; the heads stay as trained. `alpha` 1 keeps the fine-tuned encoder
+    and 0 restores the pretrained one, both exactly (`torch.lerp`). `pretrained_encoder` is a copy of
+    `model.encoder_state_dict()` taken before training."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
+        raise ValueError(f"alpha must be in [0, 1] (the WiSE-FT mix), got {alpha}")
     with torch.no_grad():
         for name, tensor in model.encoder_state_dict().items():
             if tensor.is_floating_point():
