@@ -40,7 +40,7 @@ UNCLOSED_QUOTE = "unterminated quoted field (a '\"' opened on this line is never
 
 class UserError(ValueError):
     """A user's mistake (a flag's value, a file, a folder, a model path): every script prints its one-line message as
-    `error: ...`, without a traceback. The scripts' own kinds (train.py's ArgumentError, app.py's ModelError, ...)
+    `error: ...`, without a traceback. The scripts' own kinds (training_args.ArgumentError, labelling.ModelError, ...)
     are subclasses, so one `except UserError` catches them all."""
 
 

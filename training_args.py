@@ -311,9 +311,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Keep the checkpoint-* folders after a finished run (default: removed)."}
     )
     verbose: bool = field(default=False, metadata={"help": "Show the libraries' informational logs too."})
-    # Fine-tuning without forgetting (benchmarks/robustness.py compares the methods; docs/design.md, "Robustness").
-    # 0.8: the best of the methods tried for accuracy on text unlike the training data (benchmarks/robustness.py,
-    # docs/design.md): +1 to +2 points on other-source topic headlines, in-distribution accuracy about unchanged
+    # Fine-tuning without forgetting: 0.8 is the best of the methods tried for text unlike the training data
+    # (figures in docs/results.md)
     wise_ft_alpha: float = field(
         default=0.8,
         metadata={
