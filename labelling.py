@@ -8,33 +8,11 @@ server. A script only wires these functions to its command line.
         print(row)  # {"line": 1, "topic": {"label": "Entertainment/Sports", "score": 0.97}, ...}
     label_file(LabelArguments(model="outputs/multitask-minilm", input="in.jsonl", output="out.jsonl"))
 
-`label_file` streams a file of any size into a JSONL output, in input order, restartable:
-
-Input: plain text (one text per line), JSONL (one object per line with a `text_field`; blank lines are skipped) or
-CSV/TSV with a `text_field` column; the format comes from the extension (stdin, or a pipe such as /dev/stdin, is
-plain text unless `format` says otherwise). The input is read lazily, `window` texts at a time; each window runs in
-length-sorted batches and is written in input order, then flushed, so memory does not grow with the input.
-
-Output: one JSON object per input text, `{"line": N, "id": ..., "<task>": {"label": ..., "score": ...}, ...}`, where
-`line` is the 1-based line of the input where the text starts, `id` is copied from the input's `id_field` when it has
-one, and `"embedding": [...]` is added with `with_embeddings`. An output that is not a regular file (/dev/stdout, a
-pipe) is written as it goes, with no record beside it and nothing to resume. An input without a text to label writes
-no output and says so.
-
-Restart: run the same command again. `OUTPUT.resume.json` records what the output belongs to (the input's path and
-content hash, the model's path and weights hash, the settings that change a prediction); if it matches, a partial
-last line (left by a kill) is cut off and the run resumes after the input line named by the last complete output
-line, so nothing is written twice or lost. Otherwise the run is refused, naming what differs. The input may not be
-the output itself, and a lock (`OUTPUT.lock`, through `filelock`, removed when the run ends) stops a second writer.
-Stdin (read once) is checked by the hash of its first lines: a resume from another stdin is refused before anything
-is written. While the parts of a run shared among processes wait to be merged, the output is refused to a run with
-another number of processes. Ctrl-C, or a write that fails (a full disk), leaves the output cut back to its last
-whole line (`Interrupted` says up to which input line it is complete); the same command resumes.
-
-Bad lines (undecodable bytes, malformed JSON, a missing or non-string text field, a text with nothing to read: empty,
-or only spaces and invisible characters, see `modeling_multitask.is_blank`): `on_error="fail"` (the default) stops
-with an `InputError` naming `FILE:LINE`, after writing the texts before that line, so a run re-started once the line
-is fixed continues from it; `on_error="skip"` logs a warning naming the line and writes nothing for it.
+`load_for_inference` loads a saved model and its tokenizer (PyTorch or ONNX Runtime); `label_texts` labels texts
+in length-sorted windows, yielding rows in input order; `label_file` streams a file of any size (plain text, JSONL,
+CSV/TSV) into a JSONL output, in input order and restartable, with the options of `LabelArguments` (the fields behind
+predict.py's flags). The input and output formats, resuming a run, the output lock, bad lines and what is refused are
+described once, in predict.py's docstring and docs/usage.md; here options are parameters (`window`), not flags.
 
 Every mistake of the user's (a bad file or line, an output of another run, a model that cannot be loaded, an option
 out of range) is a `multitask_data.UserError` of one line; an option's names the parameter (`batch_size`), which
@@ -464,17 +442,9 @@ def label_texts(model, tokenizer, texts, batch_size=32, max_length=None, with_em
     Example:
 
     ```python
-    >>> from transformers import BertConfig, BertTokenizerFast
-    >>> from configuration_multitask import MultiTaskConfig
+    >>> # model, tokenizer: the tiny model of the MultiTaskModel example (modeling_multitask)
     >>> from labelling import label_texts
-    >>> from modeling_multitask import MultiTaskModel
 
-    >>> backbone = BertConfig(
-    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-    ... )
-    >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone))  # random weights
-    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
-    >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
     >>> rows = list(label_texts(model, tokenizer, ["the game was great", "rates went up"]))
     >>> [row["line"] for row in rows], sorted(rows[0])
     ([1, 2], ['line', 'sentiment', 'topic'])

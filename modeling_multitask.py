@@ -259,19 +259,7 @@ class MultiTaskInference:
         Example:
 
         ```python
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
-        >>> from transformers import BertTokenizerFast
-
-        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
-        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> # model, tokenizer: the tiny model of the MultiTaskModel example
         >>> for indices, logits, embeddings in model.iter_batches(["the game", "rates went up"], tokenizer):
         ...     print(indices, logits["topic"].shape, embeddings.shape)
         [1, 0] torch.Size([2, 3]) torch.Size([2, 32])
@@ -309,15 +297,7 @@ class MultiTaskInference:
 
         ```python
         >>> import torch
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> # model: the tiny model of the MultiTaskModel example
         >>> model.decode({"sentiment": torch.tensor([[0.0, 2.0]])})
         [{'sentiment': {'label': 'Positive', 'score': 0.88...}}]
         >>> model.decode({"sentiment": torch.tensor([[0.0, 2.0]])}, top_k=2)
@@ -355,7 +335,7 @@ class MultiTaskInference:
 
         Args:
             texts (`str` or `list[str]`):
-                The texts; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
+                The texts to embed; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
             tokenizer ([`PreTrainedTokenizerBase`]):
                 The model's tokenizer.
             batch_size (`int`, *optional*, defaults to 32):
@@ -371,19 +351,7 @@ class MultiTaskInference:
         Example:
 
         ```python
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
-        >>> from transformers import BertTokenizerFast
-
-        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
-        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> # model, tokenizer: the tiny model of the MultiTaskModel example
         >>> embeddings = model.encode(["the game was great", "rates went up"], tokenizer, normalize=True)
         >>> embeddings.shape
         torch.Size([2, 32])
@@ -403,7 +371,7 @@ class MultiTaskInference:
 
         Args:
             texts (`str` or `list[str]`):
-                The texts; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
+                The texts to label; a blank one (`is_blank`) is a `ValueError`, an item that is not a str a `TypeError`.
             tokenizer ([`PreTrainedTokenizerBase`]):
                 The model's tokenizer.
             batch_size (`int`, *optional*, defaults to 32):
@@ -421,19 +389,7 @@ class MultiTaskInference:
         Example:
 
         ```python
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
-        >>> from transformers import BertTokenizerFast
-
-        >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
-        >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+        >>> # model, tokenizer: the tiny model of the MultiTaskModel example
         >>> results = model.predict(["the game was great", "rates went up"], tokenizer)
         >>> results[0]["sentiment"]
         {'label': ..., 'score': ...}
@@ -503,6 +459,14 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
     >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
     >>> model.heads["sentiment"].out_proj
     Linear(in_features=32, out_features=2, bias=True)
+
+    >>> # a tokenizer over a few words (the method examples below start from this model and tokenizer)
+    >>> from transformers import BertTokenizerFast
+
+    >>> words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "game", "was", "great", "rates", "went", "up"]
+    >>> tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(words)})
+    >>> tokenizer("the game was great")["input_ids"]
+    [2, 5, 6, 7, 8, 3]
     ```
     """
 
@@ -609,15 +573,7 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
         Example:
 
         ```python
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> # model: the tiny model of the MultiTaskModel example
         >>> head = model.add_task("emotion", ["joy", "anger", "fear"], multi_label=True)
         >>> list(model.config.tasks), head.out_proj.out_features
         (['topic', 'sentiment', 'emotion'], 3)
@@ -665,15 +621,7 @@ class MultiTaskModel(MultiTaskInference, MultiTaskPreTrainedModel):
 
         ```python
         >>> import torch
-        >>> from transformers import BertConfig
-        >>> from configuration_multitask import MultiTaskConfig
-        >>> from modeling_multitask import MultiTaskModel
-
-        >>> backbone = BertConfig(
-        ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-        ... )
-        >>> tasks = {"topic": ["Finance/Tech", "Health/Lifestyle", "Sports"], "sentiment": ["Negative", "Positive"]}
-        >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone, tasks=tasks))  # random weights
+        >>> # model: the tiny model of the MultiTaskModel example
         >>> output = model(input_ids=torch.tensor([[2, 5, 6, 3]]), labels_sentiment=torch.tensor([1]))
         >>> output.logits["topic"].shape, output.embeddings.shape
         (torch.Size([1, 3]), torch.Size([1, 32]))

@@ -315,16 +315,11 @@ class MultiTaskTrainer(Trainer):
     Example:
 
     ```python
+    >>> # model: the tiny model of the MultiTaskModel example (modeling_multitask)
     >>> import tempfile
-    >>> from transformers import BertConfig, TrainingArguments
-    >>> from configuration_multitask import MultiTaskConfig
-    >>> from modeling_multitask import MultiTaskModel
+    >>> from transformers import TrainingArguments
     >>> from trainer_multitask import MultiTaskTrainer, make_compute_metrics
 
-    >>> backbone = BertConfig(
-    ...     vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
-    ... )
-    >>> model = MultiTaskModel(MultiTaskConfig(backbone_config=backbone))  # random weights
     >>> args = TrainingArguments(output_dir=tempfile.mkdtemp(), learning_rate=5e-5, report_to="none")
     >>> trainer = MultiTaskTrainer(model=model, args=args, head_learning_rate=1e-3, layerwise_lr_decay=0.9)
     >>> max(group["lr"] for group in trainer.create_optimizer().param_groups)  # the heads'

@@ -2,7 +2,10 @@
 
 Each docstring's ```python fence lines are dropped before parsing (transformers' docstrings close a block right after
 the expected output, which plain doctest would read as part of it). Lines that need a trained model folder are marked
-`# doctest: +SKIP`; the rest run on tiny random configs."""
+`# doctest: +SKIP`; the rest run on tiny random configs.
+
+The tiny model and tokenizer are built once, in the `MultiTaskModel` example, which runs on its own; every other
+example starts from `model` and `tokenizer` as that example builds them (`example_globals`), fresh for each example."""
 
 import doctest
 import importlib
@@ -61,12 +64,42 @@ def runnable(test):
 CASES = [test for name in MODULES for test in docstring_tests(name)]
 
 
-@pytest.mark.parametrize("test", [t for t in CASES if runnable(t)], ids=lambda test: test.name)
-def test_example_runs(test):
+SETUP = "modeling_multitask.MultiTaskModel"  # the example that builds the tiny model and tokenizer for the others
+
+
+def fresh(test, globs):
+    """`test` with its own globals `globs` (a DocTest's globals are shared by every run of it)."""
+    return doctest.DocTest(test.examples, globs, test.name, test.filename, test.lineno, test.docstring)
+
+
+def run(test):
+    """Run `test`; its globals afterwards, or a failure naming what differed."""
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     report = []
-    runner.run(test, out=report.append)
+    runner.run(test, out=report.append, clear_globs=False)
     assert runner.failures == 0, "".join(report)
+    return test.globs
+
+
+def example_globals():
+    """`model` and `tokenizer` as the MultiTaskModel example builds them: that example run afresh, so each example
+    gets its own model (one that adds a task cannot change another's)."""
+    (setup,) = [test for test in CASES if test.name == SETUP]
+    namespace = run(fresh(setup, dict(setup.globs)))
+    return {"model": namespace["model"], "tokenizer": namespace["tokenizer"]}
+
+
+@pytest.mark.parametrize("test", [t for t in CASES if runnable(t)], ids=lambda test: test.name)
+def test_example_runs(test):
+    globs = dict(test.globs) if test.name == SETUP else {**test.globs, **example_globals()}
+    run(fresh(test, globs))
+
+
+def test_setup_example_builds_model_and_tokenizer():
+    """The MultiTaskModel example, run on its own, holds what the other examples start from."""
+    namespace = example_globals()
+    assert namespace["model"].config.tasks["sentiment"] == ["Negative", "Positive"]
+    assert namespace["model"] is not example_globals()["model"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
