@@ -24,6 +24,16 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label task's decision threshold for a label w
 HEAD_ACTIVATIONS = ("gelu", "relu", "tanh")
 logger = logging.getLogger(__name__)
 _SAVED_ALONGSIDE = ("auto_map", "custom_pipelines")  # config.json keys written for remote code and the pipeline
+# Generic settings that transformers, Trainer or train.py set on any config (the tokenizer's pad id, use_cache off
+# while training): saved by this version too, so not a sign of a newer one.
+_SET_BY_TRANSFORMERS = (
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "sep_token_id",
+    "use_cache",
+    "tie_word_embeddings",
+)
 # Settings of earlier versions, removed since (docs/results.md), with the value that meant "off": a config.json with
 # that value (or without the key) loads as before; with any other value its weights do not fit this model, so it is
 # refused in one line.
@@ -369,6 +379,7 @@ class MultiTaskConfig(PretrainedConfig):
             *cls().to_dict(),
             *inspect.signature(PretrainedConfig.__init__).parameters,
             *_SAVED_ALONGSIDE,
+            *_SET_BY_TRANSFORMERS,
             *_REMOVED_SETTINGS,
         }
         unknown = sorted(set(config_dict) - known - set(kwargs))
