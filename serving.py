@@ -226,6 +226,8 @@ class Batcher:
                 self.cond.wait(min(0.1, max(deadline - time.monotonic(), 0.001)))
             self.stopped = True
             self.cond.notify_all()
+            left = self.pending
+        (logger.warning if left else logger.info)("drained: %d admitted texts left unanswered", left)
         self.thread.join(timeout=max(deadline - time.monotonic(), 1.0))
 
 
