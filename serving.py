@@ -20,9 +20,11 @@ does not depend on what it is batched with (the core pads and masks). Every bad 
 """
 
 import asyncio
+import base64
 import collections
 import json
 import logging
+import struct
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -257,6 +259,11 @@ def _check_inputs(body, field, max_texts):
     return texts, single
 
 
+def _base64(vector):
+    """An embedding as OpenAI's `encoding_format: base64` sends it: little-endian float32, base64."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 def _info(model, backend, options, model_dir):
     config = model.config
     multi = set(config.multi_label_tasks or [])
@@ -385,15 +392,19 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
         body = await read_body(request)
-        if body.get("encoding_format", "float") != "float":
-            raise ClientError(422, "encoding_format: only float is supported")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise ClientError(422, f"encoding_format must be float or base64, got {json.dumps(encoding)}")
         texts, _, vectors = await embeddings(body, "input", "/v1/embeddings")
         tokens = sum(
             len(tokenizer(t, truncation=True, max_length=model.input_limit(tokenizer))["input_ids"]) for t in texts
         )
         return {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _base64(v) if encoding == "base64" else v}
+                for i, v in enumerate(vectors)
+            ],
             "model": body.get("model") if isinstance(body.get("model"), str) else model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }

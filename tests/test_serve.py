@@ -1,11 +1,13 @@
 """serve.py / serving.py: the HTTP server, in process (fastapi's TestClient) and, in the slow tier, as a real process
 stopped by SIGTERM under load. Answers equal `model.predict` / `encode`; bad input is a 4xx of one JSON line."""
 
+import base64
 import collections
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -92,6 +94,9 @@ def test_predict_and_embed_equal_the_model(loaded):
         assert_close([d["embedding"] for d in body["data"]], model.encode(TEXTS[:2], tokenizer).tolist())
         tokens = sum(len(tokenizer(t)["input_ids"]) for t in TEXTS[:2])
         assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+        packed = client.post("/v1/embeddings", json={"input": TEXTS[0], "encoding_format": "base64"}).json()
+        raw = base64.b64decode(packed["data"][0]["embedding"])
+        assert_close([struct.unpack(f"<{len(raw) // 4}f", raw)], model.encode(TEXTS[:1], tokenizer).tolist())
 
 
 def test_health_info_metrics(loaded):
