@@ -306,3 +306,30 @@ def test_real_server_sigterm_under_load_answers_admitted(saved_tiny_model):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_gone_clients_texts_are_dropped(loaded):
+    """A request cancelled while queued (its client disconnected) is skipped: its texts never reach the model."""
+    import asyncio
+
+    from serving import Batcher, Metrics
+
+    model, tokenizer, _, _ = loaded
+    metrics = Metrics()
+    batcher = Batcher(model, tokenizer, ServeOptions(max_wait_ms=300), metrics)
+    batcher.start()
+
+    async def scenario():
+        gone = asyncio.create_task(batcher.submit("predict", TEXTS[:3], None))
+        kept = asyncio.create_task(batcher.submit("predict", TEXTS[3:4], None))
+        await asyncio.sleep(0.05)  # both queued; the worker waits for more until 300 ms
+        gone.cancel()
+        return await asyncio.wait_for(kept, 10)
+
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        batcher.drain(5)
+    assert_same_predictions(result, model.predict(TEXTS[3:4], tokenizer))
+    samples = {s.name: s.value for f in metrics.registry.collect() for s in f.samples}
+    assert samples["multitask_batch_size_sum"] == 1 and samples["multitask_queue_depth"] == 0
