@@ -333,3 +333,21 @@ def test_a_gone_clients_texts_are_dropped(loaded):
     assert_same_predictions(result, model.predict(TEXTS[3:4], tokenizer))
     samples = {s.name: s.value for f in metrics.registry.collect() for s in f.samples}
     assert samples["multitask_batch_size_sum"] == 1 and samples["multitask_queue_depth"] == 0
+
+
+def test_auto_backend_serves_the_int8_export(saved_tiny_model, tmp_path):
+    import shutil
+
+    from onnx_multitask import export
+
+    directory = tmp_path / "model"
+    shutil.copytree(saved_tiny_model[2], directory)
+    assert serve.pick_backend(str(directory), "auto") == "auto"  # no int8 graph: load_for_inference picks
+    export(directory)
+    assert serve.pick_backend(str(directory), "auto") == "onnx-int8"
+    model, tokenizer, backend = load_for_inference(directory, "onnx-int8")
+    with TestClient(create_app(model, tokenizer, backend, model_dir=directory)) as client:
+        assert client.get("/info").json()["backend"] == "onnx-int8"
+        got = client.post("/predict", json={"inputs": TEXTS}).json()
+        assert_same_predictions(got, model.predict(TEXTS, tokenizer))
+        assert_close(client.post("/embed", json={"inputs": TEXTS}).json(), model.encode(TEXTS, tokenizer).tolist())
