@@ -15,10 +15,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
-from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
+
+try:
+    import httpx
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError as e:  # pragma: no cover - a set-up problem, said plainly
+    raise ImportError("the server tests need fastapi: pip install -r requirements-serve.txt") from e
 
 import serve
 from labelling import load_for_inference
