@@ -126,8 +126,10 @@ class Batcher:
     def start(self):
         self.thread.start()
 
-    async def submit(self, kind, texts, option):
-        """Queue `texts`; their results, in order. A ClientError 503 (with Retry-After) when draining or full."""
+    async def submit(self, kind, texts, option, disconnected=None):
+        """Queue `texts`; their results, in order. A ClientError 503 (with Retry-After) when draining or full.
+        `disconnected`: an async callable, polled while waiting; when it says the client has gone, the request is
+        cancelled and the worker skips its texts."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self.cond:
@@ -143,7 +145,15 @@ class Batcher:
             self.metrics.queue_depth.set(self.pending)
             self.jobs.append(Job(kind, texts, option, future, loop, time.monotonic()))
             self.cond.notify_all()
-        return await future  # a cancelled request cancels its future: the worker skips it
+        try:
+            while disconnected is not None and not future.done():
+                await asyncio.wait({future}, timeout=0.2)
+                if not future.done() and await disconnected():
+                    future.cancel()
+                    raise ClientError(499, "the client closed the request")  # nobody reads it; counted as 499
+            return await future
+        finally:
+            future.cancel()  # a request cancelled (or its client gone) while queued: the worker skips it
 
     def _take(self):
         """Wait for a job, then up to max_wait_ms for others; pop up to max_batch_size texts (at least one job)."""
@@ -312,20 +322,32 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
     app.state.batcher = batcher
     app.state.metrics = metrics
 
-    @app.middleware("http")
-    async def count(request, call_next):
+    async def count(scope, receive, send, inner):
+        """Pure ASGI (a BaseHTTPMiddleware would hide a client's disconnect from the endpoint): refuse a body whose
+        Content-Length is over the limit, and count every request by endpoint and status."""
+        if scope["type"] != "http":
+            return await inner(scope, receive, send)
         start = time.monotonic()
-        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > options.max_body_bytes:
-            response = error_response(
-                413, f"request body of {length} bytes; at most {options.max_body_bytes} (--max_body_bytes)"
-            )
-        else:
-            response = await call_next(request)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.monotonic() - start)
-        return response
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = []
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        try:
+            if length.isdigit() and int(length) > options.max_body_bytes:
+                response = error_response(
+                    413, f"request body of {int(length)} bytes; at most {options.max_body_bytes} (--max_body_bytes)"
+                )
+                await response(scope, receive, send_status)
+            else:
+                await inner(scope, receive, send_status)
+        finally:
+            metrics.requests.labels(endpoint, str(status[0] if status else 500)).inc()
+            metrics.latency.labels(endpoint).observe(time.monotonic() - start)
 
     @app.exception_handler(ClientError)
     async def client_error(request, e):
@@ -362,8 +384,8 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
             raise ClientError(422, f"body is a JSON {type(body).__name__}: expected an object")
         return body
 
-    async def run(kind, texts, option, endpoint):
-        results = await batcher.submit(kind, texts, option)
+    async def run(request, kind, texts, option, endpoint):
+        results = await batcher.submit(kind, texts, option, request.is_disconnected)
         metrics.texts.labels(endpoint).inc(len(texts))
         return results
 
@@ -374,19 +396,19 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
         top_k = body.get("top_k")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ClientError(422, f"top_k must be a positive integer, got {json.dumps(top_k)}")
-        results = await run("predict", texts, top_k, "/predict")
+        results = await run(request, "predict", texts, top_k, "/predict")
         return results[0] if single else results
 
-    async def embeddings(body, field, endpoint):
+    async def embeddings(request, body, field, endpoint):
         texts, single = _check_inputs(body, field, options.max_request_texts)
         normalize = body.get("normalize", False)
         if not isinstance(normalize, bool):
             raise ClientError(422, f"normalize must be true or false, got {json.dumps(normalize)}")
-        return texts, single, await run("embed", texts, normalize, endpoint)
+        return texts, single, await run(request, "embed", texts, normalize, endpoint)
 
     @app.post("/embed")
     async def embed(request: Request):
-        _, single, vectors = await embeddings(await read_body(request), "inputs", "/embed")
+        _, single, vectors = await embeddings(request, await read_body(request), "inputs", "/embed")
         return vectors[0] if single else vectors
 
     @app.post("/v1/embeddings")
@@ -395,7 +417,7 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise ClientError(422, f"encoding_format must be float or base64, got {json.dumps(encoding)}")
-        texts, _, vectors = await embeddings(body, "input", "/v1/embeddings")
+        texts, _, vectors = await embeddings(request, body, "input", "/v1/embeddings")
         tokens = sum(
             len(tokenizer(t, truncation=True, max_length=model.input_limit(tokenizer))["input_ids"]) for t in texts
         )
@@ -423,4 +445,12 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
     async def get_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    class Counted:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            await count(scope, receive, send, self.inner)
+
+    app.add_middleware(Counted)
     return app

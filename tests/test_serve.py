@@ -355,3 +355,56 @@ def test_auto_backend_serves_the_int8_export(saved_tiny_model, tmp_path):
         got = client.post("/predict", json={"inputs": TEXTS}).json()
         assert_same_predictions(got, model.predict(TEXTS, tokenizer))
         assert_close(client.post("/embed", json={"inputs": TEXTS}).json(), model.encode(TEXTS, tokenizer).tolist())
+
+
+def test_a_disconnected_clients_request_leaves_the_queue(loaded):
+    """Through the ASGI app: a client that disconnects while its request waits is dropped before the model runs."""
+    import asyncio
+
+    model, tokenizer, backend, directory = loaded
+    app = create_app(model, tokenizer, backend, ServeOptions(max_wait_ms=1500), model_dir=directory)
+    batcher = app.state.batcher
+    batcher.start()
+    body = json.dumps({"inputs": TEXTS}).encode()
+    sent = []
+
+    async def scenario():
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        gone_at = time.monotonic() + 0.3  # the client disconnects 0.3 s in, while its texts wait for a batch
+
+        async def receive():  # as uvicorn's: a disconnect is there at once once it happened, else it blocks
+            if messages:
+                return messages.pop()
+            if time.monotonic() < gone_at:
+                await asyncio.sleep(gone_at - time.monotonic())
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        await asyncio.wait_for(app(scope, receive, send), 10)
+
+    try:
+        asyncio.run(scenario())
+        deadline = time.monotonic() + 5
+        while batcher.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        batcher.drain(5)
+    samples = {s.name: s.value for f in app.state.metrics.registry.collect() for s in f.samples}
+    assert samples["multitask_batch_size_count"] == 0 and samples["multitask_queue_depth"] == 0
+    assert sent[0]["status"] == 499
