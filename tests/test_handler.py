@@ -2,9 +2,15 @@
 directory saved by train.py, in a fresh process that cannot import this repository."""
 
 import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
 
 import pytest
-from helpers import run_child
+from helpers import REPO, run_child
 
 from modeling_multitask import load_saved_model, load_saved_tokenizer
 
@@ -104,3 +110,55 @@ def test_bad_requests_are_one_line_value_errors(answers):
         assert message is not None, f"{request} was accepted"
         assert expected in message, (request, message)
         assert "\n" not in message
+
+
+# The Dockerfile's HEALTHCHECK command, run by sh as Docker runs it: healthy while the container does not serve (the
+# default command trains), and then only if serve.py's /health answers 200. The server here is a stand-in with a name
+# of its own and a free port (other processes on this machine may run serve.py or hold port 8000).
+STAND_IN = """
+import http.server, sys
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(int(sys.argv[2]) if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def healthcheck_command(name, port):
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    command = re.search(r"^HEALTHCHECK .*\\\n\s+CMD (.+)$", dockerfile, re.MULTILINE).group(1)
+    assert "b'serve.py'" in command and "127.0.0.1:8000/health" in command
+    return command.replace("serve.py", name).replace(":8000/", f":{port}/")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("server", "healthy"), [(None, True), (200, True), (503, False), ("down", False)])
+def test_the_docker_healthcheck(tmp_path, server, healthy):
+    name, port = f"serve-{uuid.uuid4().hex}.py", free_port()
+    script = tmp_path / name
+    script.write_text(STAND_IN if server != "down" else "import time\ntime.sleep(60)\n", encoding="utf-8")
+    process = None
+    if server is not None:
+        process = subprocess.Popen([sys.executable, str(script), str(port), str(server)])
+        for _ in range(100):  # until it listens (the one that never will: a moment is enough)
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0 or server == "down":
+                    break
+            time.sleep(0.05)
+    try:
+        result = subprocess.run(["sh", "-c", healthcheck_command(name, port)], capture_output=True, timeout=30)
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
+    assert (result.returncode == 0) == healthy, result.stderr.decode()[-2000:]
+    assert result.returncode in (0, 1)
