@@ -55,7 +55,9 @@ class EndpointHandler:
         task = TASKS.get(parameters.get("task", "classify"))
         if task is None:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {parameters['task']!r}")
-        if isinstance(inputs, list) and not inputs:
+        if not isinstance(inputs, (str, list)):
+            raise ValueError(f"inputs is {type(inputs).__name__} ({inputs!r:.80}); expected a text or a list of texts")
+        if not inputs and isinstance(inputs, list):
             raise ValueError("inputs is an empty list; send at least one text")
         wrong = "normalize" if task == "classify" else "top_k"
         if wrong in parameters:
