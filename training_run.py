@@ -263,6 +263,11 @@ print(model.predict(["Shares of the chipmaker jumped 8% after earnings."], token
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
+# handler.py, copied into every final model (with the code files save_pretrained and save_pipeline copy), so that a
+# model pushed with --push_to_hub deploys on Hugging Face Inference Endpoints as it is.
+HANDLER = Path(__file__).resolve().with_name("handler.py")
+
+
 def save_final(trainer, output_dir):
     """Write the final model so that a kill at any moment never leaves a directory that loads a half-written model:
     everything goes to a temporary directory first, the old config.json is removed, the files are moved in, and
@@ -277,6 +282,7 @@ def save_final(trainer, output_dir):
         trainer.save_model(str(tmp))  # every process takes part (sharded states); only the main one writes
         if trainer.is_world_process_zero():
             save_pipeline(tmp, trainer.model)  # pipeline(model=DIR, trust_remote_code=True) works on the result
+            shutil.copyfile(HANDLER, tmp / HANDLER.name)  # Inference Endpoints' custom handler: deploys as it is
             # Trainer pickles its arguments; keep the final model pickle-free and the arguments readable as JSON.
             (tmp / "training_args.bin").unlink(missing_ok=True)
             (tmp / "training_args.json").write_text(trainer.args.to_json_string(), encoding="utf-8")
@@ -340,6 +346,7 @@ RUN_OUTPUTS = (
     RUN_RECORD, f".{RUN_RECORD}.tmp", ".tmp-final-model", f"{PREFIX_CHECKPOINT_DIR}-*", "runs", "onnx",
     "README.md", "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
     "model.safetensors.index.json", "configuration_multitask.py", "modeling_multitask.py", "pipeline_multitask.py",
+    "handler.py",
     "text_normalization.py", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
     "tokenizer.model", "all_results.json", "train_results.json", "eval_results.json", "test_results.json",

@@ -221,6 +221,7 @@ def test_push_to_hub_uploads_a_loadable_model(backbone_dir, tmp_path, monkeypatc
         "model.safetensors",
         "configuration_multitask.py",
         "modeling_multitask.py",
+        "handler.py",
         "tokenizer.json",
         "README.md",
     } <= names
