@@ -15,7 +15,6 @@ file are capped (`--max_*`), with a message that says the cap. `--write_space` w
 folder, or with `--overwrite` into one it wrote before.
 """
 
-import errno
 import html
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from transformers import HfArgumentParser
 
 import labelling
 from configuration_multitask import MultiTaskConfig, looks_local
-from labelling import FORMATS, LabelArguments, ModelError, as_flag, load_for_inference
+from labelling import FORMATS, LabelArguments, ModelError, as_flag, check_address, load_for_inference
 from modeling_multitask import is_blank
 from multitask_data import UserError
 
@@ -475,28 +473,6 @@ def _not_for_space(directory, names):
     return [n for n in names if n.startswith("checkpoint-") or n in ("runs", "training_args.bin")]
 
 
-def check_address(host, port):
-    """A UsageError in one line when the app could not listen at `host` (default: $GRADIO_SERVER_NAME, else
-    127.0.0.1) and `port` (if given): an unknown host or one not of this machine, a port in use. gradio would say
-    it with a traceback after the model has loaded, and take a bad host for a range of ports in use."""
-    flag = "--host" if host else "$GRADIO_SERVER_NAME"
-    host = (host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1").strip("[]")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
-    except (OSError, UnicodeError) as e:
-        raise UsageError(f"{flag} {host}: unknown address ({getattr(e, 'strerror', None) or e})") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds: a closed port's wait is fine
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise UsageError(f"{flag} {host}: not an address of this machine ({e.strerror})") from None
-            raise UsageError(
-                f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another --port"
-            ) from None
-
-
 def main(argv=None):
     parser = HfArgumentParser(AppArguments)
     argv = sys.argv[1:] if argv is None else argv
@@ -530,7 +506,12 @@ def serve(args):
             raise UsageError(f"--write_space {args.write_space}: cannot write the Space ({e})") from None
         logger.info("wrote the Space to %s", out)
         return 0
-    check_address(args.host, args.port)  # before the model is loaded: a taken port is said at once
+    flag = "--host" if args.host else "$GRADIO_SERVER_NAME"  # gradio's own default, then 127.0.0.1
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    try:
+        check_address(host, args.port or 0, flag)  # before the model is loaded: a taken port is said at once
+    except UserError as e:
+        raise UsageError(str(e)) from None
     model, tokenizer, backend = load_model(args.model, args.backend)
     logger.info("%s runs on %s; tasks: %s", args.model, backend, dict(model.config.tasks))
     limits = Limits(args.max_similarity_lines, args.max_chars, args.max_file_lines, args.max_upload_mb)

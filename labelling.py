@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -897,3 +898,24 @@ def merge_parts(parts, output, identity, floor=0):
         for stream in streams:
             stream.close()
         tmp.unlink(missing_ok=True)
+
+
+def check_address(host, port, host_flag="--host"):
+    """A `UserError` of one line when a server could not listen at `host` and `port` (0: any): an unknown host or one
+    not of this machine (named as `host_flag`), a port in use. Checked before a model is loaded, so that a taken port
+    is said at once; the servers (gradio, uvicorn) would say it with a traceback, after loading."""
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise UserError(f"{host_flag} {host}: unknown address ({getattr(e, 'strerror', None) or e})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: a closed port's wait is fine
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"{host_flag} {host}: not an address of this machine ({e.strerror})") from None
+            raise UserError(
+                f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another --port"
+            ) from None

@@ -10,14 +10,12 @@ A mistake (a model that cannot be loaded, a port in use, a flag out of range) is
 """
 
 import argparse
-import errno
 import logging
-import socket
 import sys
 
 import uvicorn
 
-from labelling import BACKENDS, ModelError, as_flag, load_for_inference
+from labelling import BACKENDS, ModelError, as_flag, check_address, load_for_inference
 from serving import ServeOptions, create_app
 
 
@@ -50,18 +48,7 @@ def check_port(host, port):
     """A ValueError in one line naming the flag when we could not listen at host:port (unknown host, port in use)."""
     if not 1 <= port <= 65535:
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (OSError, UnicodeError) as e:
-        raise ValueError(f"--host {host}: unknown address ({getattr(e, 'strerror', None) or e})") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise ValueError(f"--host {host}: not an address of this machine ({e.strerror})") from None
-            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another") from None
+    check_address(host, port)
 
 
 def pick_backend(model, backend):
