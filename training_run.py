@@ -183,7 +183,7 @@ def shown_command(argv):
     return " ".join(["python train.py", *(shown(arg) for arg in argv)])
 
 
-def model_card(model, tokenizer, model_args, data_args, metrics, command):
+def model_card(model, model_args, data_args, metrics, command):
     """The Hub model card: metadata (base model, licence, model-index with every task's results) and a body with the
     task schema, the data, the command and the results table. Named evaluation sets (--eval_file) give one group
     of results each, under their name as the split."""
@@ -642,9 +642,7 @@ def write_results(trainer, model_args, data_args, metrics, argv, named_sets):
                     json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
                 )
             trainer.save_state()
-            card = model_card(
-                trainer.model, trainer.processing_class, model_args, data_args, metrics, shown_command(argv)
-            )
+            card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv))
             card.save(Path(output_dir) / "README.md")
             if not trainer.args.keep_checkpoints:
                 remove_checkpoints(output_dir)
