@@ -7,7 +7,8 @@ cosine similarity of sentence embeddings.
 
 The tasks and their labels come from the model (`model.config.tasks`), so the app shows whatever tasks a model has.
 Files are labelled by `labelling.label_file`, the code behind `predict.py`. With `--backend auto` (the default) a model
-directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime, anything else on PyTorch. On a Space,
+directory that holds an ONNX export (`onnx_multitask.py`) runs on ONNX Runtime (its int8 graph when there is one),
+anything else on PyTorch. On a Space,
 which runs `python app.py` with no arguments, the model is `$MULTITASK_MODEL` or else the quickstart's directory.
 
 One request cannot take the demo down: the sentences compared, the characters of a text and the lines and size of a
@@ -90,7 +91,7 @@ class AppArguments:
     )
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = field(
         default="auto",
-        metadata={"help": "auto: ONNX Runtime when the model directory has an ONNX export, else PyTorch."},
+        metadata={"help": "auto: ONNX int8 when the model directory has it, else ONNX fp32, else PyTorch."},
     )
     host: str | None = field(
         default=None, metadata={"help": "Address to listen on (default: 127.0.0.1, or $GRADIO_SERVER_NAME)."}

@@ -494,8 +494,8 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
             A model directory saved by train.py, or a Hub name.
         backend (`str`, *optional*, defaults to `"torch"`):
             `"torch"`, `"onnx"` or `"onnx-int8"` (ONNX Runtime on the CPU, with the fp32 / int8 graph of
-            export_onnx.py), or `"auto"`: `"onnx"` when the directory holds an ONNX export (and ONNX Runtime is
-            installed), else `"torch"`.
+            export_onnx.py), or `"auto"`: `"onnx-int8"` when the directory holds an int8 ONNX export (and ONNX
+            Runtime is installed), `"onnx"` when it holds only the fp32 graph, else `"torch"`.
         device (`str`, *optional*, defaults to `"cpu"`):
             Where the PyTorch model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`); an ONNX backend runs on the CPU.
 
@@ -513,7 +513,7 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
 
     >>> model, tokenizer, backend = load_for_inference("outputs/multitask-minilm", backend="auto")  # doctest: +SKIP
     >>> backend  # doctest: +SKIP
-    'onnx'
+    'onnx-int8'
     ```
     """
     if backend not in ("auto", *BACKENDS):
@@ -523,9 +523,10 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
     except ValueError as e:
         raise ModelError(str(e)) from None
     onnx = _onnx_module() if backend != "torch" else None
-    if backend == "auto":
-        local = Path(name_or_path).is_dir()
-        backend = "onnx" if onnx is not None and local and onnx.has_onnx(name_or_path) else "torch"
+    if backend == "auto":  # the int8 graph is batch-invariant and within half a point of PyTorch (docs/results.md)
+        local = onnx is not None and Path(name_or_path).is_dir()
+        backend = next((b for b, q in (("onnx-int8", True), ("onnx", False)) if local and onnx.has_onnx(name_or_path, q)),
+                       "torch")  # fmt: skip
     elif backend != "torch" and onnx is None:
         raise ModelError(f"backend {backend} needs onnx_multitask.py and onnxruntime")
     try:

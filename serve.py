@@ -51,19 +51,6 @@ def check_port(host, port):
     check_address(host, port)
 
 
-def pick_backend(model, backend):
-    """auto -> onnx-int8 when the local directory has the int8 graph; else what `load_for_inference` picks."""
-    if backend == "auto":
-        try:
-            from onnx_multitask import has_onnx
-
-            if has_onnx(model, quantized=True):
-                return "onnx-int8"
-        except (ImportError, OSError, ValueError):
-            pass
-    return backend
-
-
 class Server(uvicorn.Server):
     """uvicorn's server, but on SIGTERM / Ctrl-C the app stops admitting at once (/health 503) before uvicorn drains."""
 
@@ -92,7 +79,7 @@ def main(argv=None):
         return 2
     try:
         check_port(args.host, args.port)
-        model, tokenizer, backend = load_for_inference(args.model, pick_backend(args.model, args.backend), args.device)
+        model, tokenizer, backend = load_for_inference(args.model, args.backend, args.device)
     except (ValueError, ModelError) as e:
         print(f"error: {as_flag(e, ('backend', 'device'))}", file=sys.stderr)
         return 2

@@ -105,11 +105,11 @@ class FakeOnnx:
     """Stands in for onnx_multitask (has_onnx, OnnxMultiTaskModel.from_pretrained), serving a PyTorch model."""
 
     def __init__(self, model, exported):
-        self.model, self.exported, self.calls = model, exported, []
+        self.model, self.exported, self.calls = model, exported, []  # exported: the graphs there (quantized or not)
         self.OnnxMultiTaskModel = self
 
     def has_onnx(self, model_dir, quantized=False):
-        return self.exported
+        return quantized in self.exported
 
     def from_pretrained(self, model_dir, quantized=False):
         self.calls.append((str(model_dir), quantized))
@@ -118,7 +118,12 @@ class FakeOnnx:
 
 @pytest.mark.parametrize(
     ("backend", "exported", "used", "quantized"),
-    [("auto", True, "onnx", False), ("auto", False, "torch", None), ("onnx-int8", True, "onnx-int8", True)],
+    [
+        ("auto", {False, True}, "onnx-int8", True),
+        ("auto", {False}, "onnx", False),
+        ("auto", set(), "torch", None),
+        ("onnx-int8", {False, True}, "onnx-int8", True),
+    ],
 )
 def test_backend_choice(tiny, monkeypatch, backend, exported, used, quantized):
     model, _, directory = tiny
@@ -131,7 +136,7 @@ def test_backend_choice(tiny, monkeypatch, backend, exported, used, quantized):
 
 def test_onnx_backend_without_an_export_or_the_module_is_one_line(tiny, monkeypatch):
     _, _, directory = tiny
-    monkeypatch.setattr(labelling, "_onnx_module", lambda: FakeOnnx(None, exported=False))
+    monkeypatch.setattr(labelling, "_onnx_module", lambda: FakeOnnx(None, exported=set()))
     with pytest.raises(app.ModelError, match=r": no onnx-int8 export; run python export_onnx.py --model .* first$"):
         app.load_model(str(directory), "onnx-int8")
     monkeypatch.setattr(labelling, "_onnx_module", lambda: None)
@@ -145,7 +150,7 @@ def test_auto_backend_runs_a_real_onnx_export(tiny, tmp_path):
     onnx_multitask = pytest.importorskip("onnx_multitask", reason="the ONNX backend's dependencies are not installed")
     torch_model, tokenizer, directory = tiny
     exported = shutil.copytree(directory, tmp_path / "model")  # a copy: the shared fixture stays without an export
-    onnx_multitask.export(exported)
+    onnx_multitask.export(exported, quantize=False)
     model, _, backend = app.load_model(str(exported))
     assert (backend, type(model).__name__) == ("onnx", "OnnxMultiTaskModel")
     text = "the movie was good"
@@ -156,6 +161,8 @@ def test_auto_backend_runs_a_real_onnx_export(tiny, tmp_path):
     (tmp_path / "in.txt").write_text(f"{text}\nbad bank\n", encoding="utf-8")
     rows = read_jsonl(app.label_file(model, tokenizer, str(tmp_path / "in.txt"), out_dir=tmp_path))
     assert [row["line"] for row in rows] == [1, 2]
+    onnx_multitask.export(exported)  # with the int8 graph, auto takes it
+    assert app.load_model(str(exported))[2] == "onnx-int8"
 
 
 # ----- what the UI calls ------------------------------------------------------------------------------------------

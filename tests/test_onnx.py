@@ -238,3 +238,66 @@ def test_cli_errors(backbone_dir, saved_tiny_model, tmp_path, capsys, monkeypatc
     finally:
         os.chmod(directory, 0o755)
     assert not (directory / "onnx").exists()
+
+
+def test_int8_scores_do_not_depend_on_the_other_texts_of_the_batch(exported, tiny_tokenizer):
+    # Dynamic quantisation took one activation scale over the padded batch: a text's logits moved with its neighbours.
+    _, directory = exported
+    int8 = OnnxMultiTaskModel.from_pretrained(directory, quantized=True, threads=1)
+
+    def run(texts):
+        encoding = tiny_tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        logits, embeddings = int8._run_batch(encoding)
+        return torch.cat([*logits.values(), embeddings], dim=1)
+
+    alone = torch.cat([run([text]) for text in TEXTS])
+    assert torch.allclose(run(TEXTS), alone, atol=1e-5, rtol=0)
+    assert torch.allclose(run(TEXTS[::-1]).flip(0), alone, atol=1e-5, rtol=0)
+
+
+def test_int8_graph_quantises_every_weight_matrix_product_per_token(bert):
+    _, directory = bert
+    fp32 = onnx.load(str(onnx_multitask.graph_path(directory))).graph
+    weights = {i.name for i in fp32.initializer}
+    products = [n for n in fp32.node if n.op_type == "MatMul" and n.input[1] in weights]  # the encoder's linear layers
+    ops = [node.op_type for node in onnx.load(str(onnx_multitask.graph_path(directory, quantized=True))).graph.node]
+    assert not any(o.startswith("DynamicQuantize") for o in ops)  # no scale taken over a batch
+    assert ops.count("MatMulInteger") == ops.count("QuantizeLinear") == len(products) > 0
+    manifest = json.loads((directory / "onnx" / "export.json").read_text())
+    assert manifest["quantization"] == onnx_multitask.QUANTIZATION
+
+
+@pytest.mark.parametrize("opset", [17, 20, 21])
+def test_per_token_quantisation_is_the_formula_at_every_opset(opset):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 5)).astype(np.float32)
+    x = rng.normal(size=(2, 3, 16)).astype(np.float32)
+    x[1, 2] = 0.0  # an all-zero token: no division by zero
+    make = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [make("x", onnx.TensorProto.FLOAT, ["b", "t", 16])], [make("y", onnx.TensorProto.FLOAT, ["b", "t", 5])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    assert onnx_multitask.quantize_matmuls_per_token(model) == 1
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    w_scale = np.abs(w).max(axis=0) / 127
+    s = np.maximum(np.abs(x).max(axis=-1, keepdims=True) / 127, 1e-12)
+    expected = (np.round(x / s) @ np.round(w / w_scale)) * s * w_scale
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - x @ w).max() < 0.1 and not np.abs(got[1, 2]).any()
+
+
+def test_an_int8_graph_of_the_batch_dependent_method_warns_to_re_export(bert, tmp_path, caplog):
+    _, source = bert
+    directory = shutil.copytree(source, tmp_path / "model")
+    manifest_path = directory / "onnx" / "export.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["quantization"] = "quantize_dynamic: QInt8 weights per channel, MatMul and Gather"  # an older export's
+    manifest_path.write_text(json.dumps(manifest))
+    OnnxMultiTaskModel.from_pretrained(directory)  # fp32: nothing to say
+    assert "batch-invariant" not in caplog.text
+    OnnxMultiTaskModel.from_pretrained(directory, quantized=True)
+    assert f"re-run python export_onnx.py --model {directory} to make it batch-invariant" in caplog.text

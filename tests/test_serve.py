@@ -342,14 +342,16 @@ def test_a_gone_clients_texts_are_dropped(loaded):
 def test_auto_backend_serves_the_int8_export(saved_tiny_model, tmp_path):
     import shutil
 
-    from onnx_multitask import export
+    from onnx_multitask import export, graph_path
 
     directory = tmp_path / "model"
     shutil.copytree(saved_tiny_model[2], directory)
-    assert serve.pick_backend(str(directory), "auto") == "auto"  # no int8 graph: load_for_inference picks
+    assert load_for_inference(directory, "auto")[2] == "torch"  # no export
+    export(directory, quantize=False)
+    assert load_for_inference(directory, "auto")[2] == "onnx"  # the fp32 graph only
     export(directory)
-    assert serve.pick_backend(str(directory), "auto") == "onnx-int8"
-    model, tokenizer, backend = load_for_inference(directory, "onnx-int8")
+    model, tokenizer, backend = load_for_inference(directory, "auto")
+    assert backend == "onnx-int8" and graph_path(directory, True).is_file()
     with TestClient(create_app(model, tokenizer, backend, model_dir=directory)) as client:
         assert client.get("/info").json()["backend"] == "onnx-int8"
         got = client.post("/predict", json={"inputs": TEXTS}).json()
