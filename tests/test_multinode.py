@@ -62,7 +62,8 @@ def run_together(commands):
             assert child.returncode == 0, f"{log}:\n{log.read_text()[-3000:]}"
     finally:
         for child in children.values():
-            kill(child)
+            if child.poll() is None:  # (an ended launcher's pid may already be another process's)
+                kill(child)
     return [log.read_text() for log in commands]
 
 
