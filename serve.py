@@ -7,6 +7,7 @@ script only reads its flags, loads the model and runs uvicorn.
 
 SIGTERM or Ctrl-C: /health turns 503, nothing new is admitted, every admitted request is answered, then it exits.
 A mistake (a model that cannot be loaded, a port in use, a flag out of range) is one `error:` line, exit status 2.
+The model loads while the server already listens: `/health` answers 503 until it is in.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import sys
 
 import uvicorn
 
+from configuration_multitask import check_model_source
 from labelling import BACKENDS, ModelError, as_flag, check_address, load_for_inference
 from serving import ServeOptions, create_app
 
@@ -79,13 +81,32 @@ def main(argv=None):
         return 2
     try:
         check_port(args.host, args.port)
-        model, tokenizer, backend = load_for_inference(args.model, args.backend, args.device)
+        check_model_source(args.model)  # a mistyped folder is said before the server starts
     except (ValueError, ModelError) as e:
-        print(f"error: {as_flag(e, ('backend', 'device'))}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(model, tokenizer, backend, options, model_dir=args.model)
+
+    def stop(error):  # the model could not be loaded: the server stops, and main says why
+        server.should_exit = True
+
+    # The model loads while the server already answers: /health is 503 until it is in.
+    app = create_app(
+        load=lambda: load_for_inference(args.model, args.backend, args.device),
+        options=options,
+        model_dir=args.model,
+        on_error=stop,
+    )
     config = uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=8, log_level="info")
-    Server(config, app.state.batcher).run()
+    server = Server(config, app.state.batcher)
+    server.run()
+    error = app.state.load_error
+    if error is not None:
+        if isinstance(error, ModelError):
+            message = as_flag(error, ("backend", "device"))
+        else:  # not a user's mistake we know of: its first line and its type
+            message = f"{(str(error).strip().splitlines() or [''])[0]} ({type(error).__name__})"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

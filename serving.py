@@ -8,7 +8,7 @@
 
 Endpoints (JSON in, JSON out): `POST /predict` `{"inputs": str | [str], "top_k": k?}` -> `model.predict`'s dict (one
 for a str, a list for a list); `POST /embed` `{"inputs": ..., "normalize": bool?}` -> embeddings; `POST /v1/embeddings`
-in OpenAI's form; `GET /health` (200 while admitting, 503 while draining); `GET /info`; `GET /metrics` (Prometheus text,
+in OpenAI's form; `GET /health` (200 while admitting, 503 while loading or draining); `GET /info`; `GET /metrics` (Prometheus text,
 from a registry of the app's own).
 
 Requests go into one bounded queue (`max_queue` texts admitted and not yet answered; above it a request is refused
@@ -17,6 +17,8 @@ with 503 and `Retry-After`); ONE worker thread, off the event loop, takes up to 
 `encode`) and answers each request's future on the loop. A request whose client has gone is skipped. A text's answer
 does not depend on what it is batched with (the core pads and masks). Every bad input is a 4xx with a one-line JSON
 `{"error": "..."}` naming the field; `drain` (lifespan exit, SIGTERM) stops admitting and answers what was admitted.
+Given a `load` callable instead of a model, the app answers at once and loads in a thread: until the model is in,
+`/health` and the work endpoints answer 503 with `Retry-After`, so a load balancer waits for it.
 """
 
 import asyncio
@@ -300,19 +302,58 @@ def _info(model, backend, options, model_dir):
     }
 
 
-def create_app(model, tokenizer, backend, options=None, model_dir=None, model_name=None):
+@dataclass(frozen=True)
+class Served:
+    """What the app serves once loaded: set in one assignment, so a request sees all of it or none."""
+
+    model: object
+    tokenizer: object
+    backend: str
+    info: dict
+
+
+def create_app(
+    model=None, tokenizer=None, backend=None, options=None, model_dir=None, model_name=None, load=None, on_error=None
+):
     """The FastAPI app serving `model` (a `MultiTaskInference`) with `tokenizer`; `backend` and `model_dir` (a local
     directory, for /info's fingerprint) are reported by /info; `model_name` is what /v1/embeddings answers as `model`.
-    The worker thread starts with the app's lifespan and drains at its exit."""
+    The worker thread starts with the app's lifespan and drains at its exit.
+
+    Instead of `model`, `tokenizer` and `backend`: `load`, a callable returning those three, run in a thread when the
+    app starts; until it returns, /health, /info and the work endpoints answer 503 (`Retry-After`). When it raises,
+    the exception is `app.state.load_error` and `on_error(exception)` is called (serve.py stops the server)."""
+    if (model is None) == (load is None):
+        raise ValueError("give either model (with tokenizer and backend) or load")
     options = options or ServeOptions()
     metrics = Metrics()
     batcher = Batcher(model, tokenizer, options, metrics)
-    info = _info(model, backend, options, model_dir)
     model_name = model_name or (Path(str(model_dir)).name if model_dir is not None else "multitask")
+
+    def serve(model, tokenizer, backend):
+        batcher.model, batcher.tokenizer = model, tokenizer
+        app.state.served = Served(model, tokenizer, backend, _info(model, backend, options, model_dir))
+
+    def load_in_thread():
+        try:
+            serve(*load())
+        except Exception as e:  # noqa: BLE001 - any failure to load is reported, not raised in a thread
+            app.state.load_error = e
+            if on_error is not None:
+                on_error(e)
+
+    def served():
+        """What is served; a ClientError 503 while the model loads."""
+        if app.state.served is None:
+            failed = app.state.load_error
+            message = "the model could not be loaded" if failed is not None else "the model is loading"
+            raise ClientError(503, message, {"Retry-After": "5"})
+        return app.state.served
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        if load is not None:
+            threading.Thread(target=load_in_thread, name="model-loader", daemon=True).start()
         try:
             yield
         finally:
@@ -321,6 +362,9 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
     app = FastAPI(title="Multi-task classifier", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
     app.state.metrics = metrics
+    app.state.served, app.state.load_error = None, None
+    if load is None:
+        serve(model, tokenizer, backend)
 
     async def count(scope, receive, send, inner):
         """Pure ASGI (a BaseHTTPMiddleware would hide a client's disconnect from the endpoint): refuse a body whose
@@ -385,6 +429,7 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
         return body
 
     async def run(request, kind, texts, option, endpoint):
+        served()
         results = await batcher.submit(kind, texts, option, request.is_disconnected)
         metrics.texts.labels(endpoint).inc(len(texts))
         return results
@@ -418,6 +463,7 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
         if encoding not in ("float", "base64"):
             raise ClientError(422, f"encoding_format must be float or base64, got {json.dumps(encoding)}")
         texts, _, vectors = await embeddings(request, body, "input", "/v1/embeddings")
+        model, tokenizer = served().model, served().tokenizer
         tokens = sum(
             len(tokenizer(t, truncation=True, max_length=model.input_limit(tokenizer))["input_ids"]) for t in texts
         )
@@ -435,11 +481,11 @@ def create_app(model, tokenizer, backend, options=None, model_dir=None, model_na
     async def health():
         if not batcher.admitting:
             return error_response(503, "draining: the server is shutting down", {"Retry-After": "5"})
-        return {"status": "ok", "backend": backend}
+        return {"status": "ok", "backend": served().backend}
 
     @app.get("/info")
     async def get_info():
-        return info
+        return served().info
 
     @app.get("/metrics")
     async def get_metrics():

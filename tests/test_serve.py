@@ -5,6 +5,7 @@ import base64
 import collections
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -340,8 +341,6 @@ def test_a_gone_clients_texts_are_dropped(loaded):
 
 
 def test_auto_backend_serves_the_int8_export(saved_tiny_model, tmp_path):
-    import shutil
-
     from onnx_multitask import export, graph_path
 
     directory = tmp_path / "model"
@@ -410,3 +409,33 @@ def test_a_disconnected_clients_request_leaves_the_queue(loaded):
     samples = {s.name: s.value for f in app.state.metrics.registry.collect() for s in f.samples}
     assert samples["multitask_batch_size_count"] == 0 and samples["multitask_queue_depth"] == 0
     assert sent[0]["status"] == 499
+
+
+def test_health_is_503_while_the_model_loads_then_200(loaded):
+    model, tokenizer, backend, directory = loaded
+    gate = threading.Event()
+
+    def load():
+        assert gate.wait(30)
+        return model, tokenizer, backend
+
+    app = create_app(load=load, model_dir=directory)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for r in (client.get("/health"), client.get("/info"), client.post("/predict", json={"inputs": "hi"})):
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert r.json() == {"error": "the model is loading"}
+        gate.set()
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health").json() == {"status": "ok", "backend": backend}
+        assert client.get("/info").json()["backend"] == backend
+        assert_same_predictions(client.post("/predict", json={"inputs": TEXTS}).json(), model.predict(TEXTS, tokenizer))
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_one_line(saved_tiny_model, tmp_path, capsys):
+    directory = shutil.copytree(saved_tiny_model[2], tmp_path / "model")
+    (directory / "model.safetensors").unlink()
+    assert serve.main(["--model", str(directory), "--port", str(free_port())]) == 2  # returns: the server stopped
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {directory}") and "model.safetensors" in last
