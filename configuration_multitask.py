@@ -118,6 +118,11 @@ class MultiTaskConfig(PretrainedConfig):
             Per multi-label task, one decision threshold per label, in label order: a label is predicted when its
             sigmoid score is >= its threshold (`train.py` tunes them on the validation set). A task not named uses
             `DEFAULT_THRESHOLD` (0.5) for every label.
+        distilled_from (`str`, *optional*):
+            A student's teacher (`train.py --teacher`): its Hub id or folder name, as the model card names it. `None`:
+            not a distilled student. Provenance only; the network is `backbone_config`'s.
+        student_layers (`list[int]`, *optional*):
+            A student's encoder layers as the teacher's layer indices they were copied from (0 = the lowest).
         kwargs (*optional*):
             Passed to [`PretrainedConfig`].
 
@@ -155,6 +160,8 @@ class MultiTaskConfig(PretrainedConfig):
         max_seq_length=None,
         multi_label_tasks=None,
         label_thresholds=None,
+        distilled_from=None,
+        student_layers=None,
         **kwargs,
     ):
         if backbone_config is None:
@@ -200,6 +207,8 @@ class MultiTaskConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.multi_label_tasks = multi_label_tasks
         self.label_thresholds = {task: [float(t) for t in values] for task, values in (label_thresholds or {}).items()}
+        self.distilled_from = distilled_from
+        self.student_layers = list(student_layers) if student_layers is not None else None
         super().__init__(**kwargs)
 
     @staticmethod
