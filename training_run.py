@@ -23,6 +23,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import transformers
@@ -80,7 +81,9 @@ def model_config(model_args):
         saved = MultiTaskConfig.from_saved_model(source)
         if model_args.teacher and settings.get("tasks") is not None:
             try:
-                check_same_schema(saved, MultiTaskConfig(**{**saved.to_dict(), **settings}), "--tasks'")
+                given = settings["tasks"], settings.get("multi_label_tasks") or []
+                given = SimpleNamespace(tasks=given[0], multi_label_tasks=[t for t in given[0] if t in given[1]])
+                check_same_schema(saved, given, "--tasks'")
             except ValueError as e:
                 raise ArgumentError(f"--teacher {model_args.teacher}: {e}") from None
         for name in ARCHITECTURE_FIELDS:
