@@ -209,6 +209,12 @@ def test_a_student_trains_on_labelled_and_unlabelled_text_saves_reloads_and_expo
     for got, want in zip(onnx, expected, strict=True):
         for task in TASKS:
             assert got[task]["label"] == want[task]["label"] and abs(got[task]["score"] - want[task]["score"]) <= 1e-4
+    # what predict.py, the demo and the server load: the student, as any model, in ONNX int8 too
+    from labelling import load_for_inference
+
+    for backend in ("torch", "onnx-int8"):
+        model, _, _ = load_for_inference(str(out), backend=backend)
+        assert [row["topic"]["label"] in TASKS["topic"] for row in model.predict(TEXTS, tokenizer)] == [True] * 4
     # the control: the same student on the gold labels alone (no teacher in the loss), labelled rows only
     labelled, _, _ = data_files(tmp_path)
     gold = train.main(student_args(teacher_dir, tmp_path, "--student_layers", "1", "--max_steps", "3",
