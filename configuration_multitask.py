@@ -42,6 +42,9 @@ _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
 # no task may take one of them.
 RESERVED_TASK_NAMES = ("line", "id", "embedding")
+# A distilled student's provenance (train.py --teacher): written to config.json only when set, so that every other
+# model's config.json is as before.
+_PROVENANCE = ("distilled_from", "student_layers")
 
 
 def looks_local(name_or_path):
@@ -339,6 +342,9 @@ class MultiTaskConfig(PretrainedConfig):
     def to_dict(self):
         output = super().to_dict()
         output["tasks"] = [[task, labels] for task, labels in self.tasks.items()]
+        for key in _PROVENANCE:
+            if output.get(key) is None:
+                output.pop(key, None)
         return output
 
     @classmethod
@@ -390,6 +396,7 @@ class MultiTaskConfig(PretrainedConfig):
             *_SAVED_ALONGSIDE,
             *_SET_BY_TRANSFORMERS,
             *_REMOVED_SETTINGS,
+            *_PROVENANCE,
         }
         unknown = sorted(set(config_dict) - known - set(kwargs))
         if unknown:  # saved by a newer version of this code: what these settings change is not applied here

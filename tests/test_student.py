@@ -224,3 +224,21 @@ def test_a_student_trains_on_labelled_and_unlabelled_text_saves_reloads_and_expo
     history = json.loads((tmp_path / "gold" / "trainer_state.json").read_text())["log_history"]
     assert not any("loss_distill" in entry for entry in history)
     assert "trained on the gold labels alone" in (tmp_path / "gold" / "README.md").read_text()
+
+
+def test_the_provenance_is_saved_for_a_student_only(make_backbone_config, tmp_path, caplog):
+    teacher = deep_teacher(make_backbone_config, "bert", layers=2)
+    teacher.config.save_pretrained(tmp_path / "teacher")
+    make_student(teacher, 1, teacher_name="hub-user/teacher").config.save_pretrained(tmp_path / "student")
+    saved = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("teacher", "student")}
+    assert "distilled_from" not in saved["teacher"] and "student_layers" not in saved["teacher"]  # as before
+    assert saved["student"]["distilled_from"] == "hub-user/teacher" and saved["student"]["student_layers"] == [1]
+    with caplog.at_level("WARNING"):
+        config = MultiTaskConfig.from_saved_model(tmp_path / "student")
+        assert MultiTaskConfig.from_saved_model(tmp_path / "teacher").distilled_from is None
+    assert (config.distilled_from, config.student_layers, config.backbone_config.num_hidden_layers) == (
+        "hub-user/teacher",
+        [1],
+        1,
+    )
+    assert "does not know" not in caplog.text  # no "saved by a newer version" warning
