@@ -3,7 +3,8 @@ adding tasks to it, the run's settings, saving and the model card. train.py wire
 
 - The model: `model_config` (a new model's config from the encoder, or a saved model's with the training settings
   given and `--add_tasks` appended; architecture flags that differ are refused), `check_model_options`,
-  `build_model`, `load_tokenizer`, `distillation_teacher` (learning without forgetting).
+  `build_model`, `load_tokenizer`, `distillation_teacher` (learning without forgetting; a student's teacher: with
+  `--teacher`, `build_model` makes the student with `distillation.make_student`).
 - The output folder: `run_settings` (what the result depends on, recorded in run.json), `check_output_dir` (every
   refusal, before anything is read or written), `start_output_dir`, `removed_if_unfinished` (a run that stops
   before its first complete checkpoint takes back what it wrote), `how_to_go_on`; `RUN_OUTPUTS` are the only names
