@@ -42,6 +42,9 @@ _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Keys of predict.py's output lines beside the task names (`{"line": N, "id": ..., "<task>": ..., "embedding": ...}`):
 # no task may take one of them.
 RESERVED_TASK_NAMES = ("line", "id", "embedding")
+# A distilled student's provenance (train.py --teacher): written to config.json only when set, so that every other
+# model's config.json is as before.
+_PROVENANCE = ("distilled_from", "student_layers")
 
 
 def looks_local(name_or_path):
@@ -118,6 +121,11 @@ class MultiTaskConfig(PretrainedConfig):
             Per multi-label task, one decision threshold per label, in label order: a label is predicted when its
             sigmoid score is >= its threshold (`train.py` tunes them on the validation set). A task not named uses
             `DEFAULT_THRESHOLD` (0.5) for every label.
+        distilled_from (`str`, *optional*):
+            A student's teacher (`train.py --teacher`): its Hub id or folder name, as the model card names it. `None`:
+            not a distilled student. Provenance only; the network is `backbone_config`'s.
+        student_layers (`list[int]`, *optional*):
+            A student's encoder layers as the teacher's layer indices they were copied from (0 = the lowest).
         kwargs (*optional*):
             Passed to [`PretrainedConfig`].
 
@@ -155,6 +163,8 @@ class MultiTaskConfig(PretrainedConfig):
         max_seq_length=None,
         multi_label_tasks=None,
         label_thresholds=None,
+        distilled_from=None,
+        student_layers=None,
         **kwargs,
     ):
         if backbone_config is None:
@@ -200,6 +210,8 @@ class MultiTaskConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.multi_label_tasks = multi_label_tasks
         self.label_thresholds = {task: [float(t) for t in values] for task, values in (label_thresholds or {}).items()}
+        self.distilled_from = distilled_from
+        self.student_layers = list(student_layers) if student_layers is not None else None
         super().__init__(**kwargs)
 
     @staticmethod
@@ -330,6 +342,9 @@ class MultiTaskConfig(PretrainedConfig):
     def to_dict(self):
         output = super().to_dict()
         output["tasks"] = [[task, labels] for task, labels in self.tasks.items()]
+        for key in _PROVENANCE:
+            if output.get(key) is None:
+                output.pop(key, None)
         return output
 
     @classmethod
@@ -381,6 +396,7 @@ class MultiTaskConfig(PretrainedConfig):
             *_SAVED_ALONGSIDE,
             *_SET_BY_TRANSFORMERS,
             *_REMOVED_SETTINGS,
+            *_PROVENANCE,
         }
         unknown = sorted(set(config_dict) - known - set(kwargs))
         if unknown:  # saved by a newer version of this code: what these settings change is not applied here

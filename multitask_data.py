@@ -9,6 +9,10 @@ Parquet. A multi-label task's value is a list of label names (`[]`: none of them
 separated by `|` (or a JSON list); a missing or empty value means "no label for this task". `load_entry` raises every
 problem as a `DataError` whose one-line message names the file, the line or row, the value and what was expected,
 before any training.
+
+Unlabelled text (for a student taught by a teacher, `train.py --teacher`): an entry `unlabelled=PATH` (any format;
+only its `text` column is read) or a plain-text file (`.txt`, one text a line) gives rows with no label for any task;
+so may rows of a multi-column file that name no task. They are read only when `unlabelled=True` is passed.
 """
 
 import csv
@@ -32,6 +36,7 @@ FORMATS = {
     ".parquet": "parquet",
 }
 TRAINING_FORMATS = ("jsonl", "csv", "tsv", "parquet")  # plain text has no labels
+UNLABELLED = "unlabelled"  # the entry name of unlabelled text: `unlabelled=PATH`
 CSV_DELIMITERS = {"csv": ",", "tsv": "\t"}
 NUL = b"\x00"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -265,28 +270,53 @@ def _parquet_rows(source, name):
 
 
 def parse_entry(entry, tasks):
-    """`"topic=path.jsonl"` -> ("topic", Path); `"path.jsonl"` -> (None, Path)."""
+    """`"topic=path.jsonl"` -> ("topic", Path); `"path.jsonl"` -> (None, Path); `"unlabelled=path"` and a plain-text
+    `"path.txt"` -> (UNLABELLED, Path)."""
     task, sep, path = entry.partition("=")
     if not sep:
-        return None, Path(entry)
+        return (UNLABELLED if FORMATS.get(Path(entry).suffix.lower()) == "txt" else None), Path(entry)
+    if task == UNLABELLED:
+        if UNLABELLED in tasks:
+            raise DataError(f"{entry}: {UNLABELLED}=PATH names unlabelled text, but a task is called {UNLABELLED!r}")
+        return UNLABELLED, Path(path)
     if task not in tasks:
         raise DataError(f"{entry}: unknown task {task!r} in TASK=PATH; the model's tasks are {list(tasks)}")
     return task, Path(path)
 
 
-def load_entry(entry, tasks, multi_label=()):
+def is_unlabelled_entry(entry):
+    """Whether a training entry holds unlabelled text: `unlabelled=PATH`, or a plain-text file."""
+    task, sep, path = entry.partition("=")
+    return task == UNLABELLED if sep else FORMATS.get(Path(entry).suffix.lower()) == "txt"
+
+
+def load_entry(entry, tasks, multi_label=(), unlabelled=False):
     """Read one entry into columns `text` and `labels_<task>` (label ids, -100 where the file has none; for the tasks
-    in `multi_label`, a 0/1 float per label, all -100 where the file has none); the first bad row raises DataError."""
+    in `multi_label`, a 0/1 float per label, all -100 where the file has none); the first bad row raises DataError.
+    With `unlabelled`, an `unlabelled=PATH` entry, a plain-text file and rows that name no task are read as rows with
+    no label (see the module's docstring); without it they are refused."""
     only_task, path = parse_entry(entry, tasks)
-    fmt = file_format(path, TRAINING_FORMATS)
+    if only_task == UNLABELLED and not unlabelled:
+        if "=" not in entry:  # a plain-text file: no labels in it
+            file_format(path, TRAINING_FORMATS, hint=" (plain text is unlabelled text, read only for a teacher)")
+        raise DataError(
+            f"{entry}: unlabelled text (no label for any task) is read only with unlabelled=True (a teacher's answers "
+            "are its only targets)"
+        )
+    fmt = file_format(path, TRAINING_FORMATS + (("txt",) if only_task == UNLABELLED else ()))
     label2id = {task: {label: i for i, label in enumerate(labels)} for task, labels in tasks.items()}
     columns = {"text": [], **{f"labels_{task}": [] for task in tasks}}
+    none = {task: [float(IGNORE_INDEX)] * len(tasks[task]) if task in multi_label else IGNORE_INDEX for task in tasks}
     for number, row, error in iter_rows(path, fmt, str(path)):
         where = location(path, fmt, number)
         if error:
             raise DataError(f"{where}: {error}")
         columns["text"].append(row_text(row, where))
-        for task, label_id in row_labels(row, where, only_task, tasks, label2id, multi_label).items():
+        if only_task == UNLABELLED or (unlabelled and only_task is None and not set(row) & set(tasks)):
+            labels = none
+        else:
+            labels = row_labels(row, where, only_task, tasks, label2id, multi_label)
+        for task, label_id in labels.items():
             columns[f"labels_{task}"].append(label_id)
     if not columns["text"]:
         raise DataError(f"{path}: no examples (the file is empty)")
@@ -363,11 +393,11 @@ def multi_hot(value, where, task, labels, label2id):
     return hot
 
 
-def load_split(entries, tasks, max_samples=None, seed=42, multi_label=()):
+def load_split(entries, tasks, max_samples=None, seed=42, multi_label=(), unlabelled=False):
     """Read every entry of one split, concatenate them (each source is seen in proportion to its size) and cap the
     result at `max_samples` rows (shuffled first, with `seed`). The tasks in `multi_label` are read as multi-label
-    (see `multi_hot`)."""
-    dataset = concatenate_datasets([load_entry(e, tasks, multi_label) for e in entries])
+    (see `multi_hot`); `unlabelled` allows rows with no label for any task (see `load_entry`)."""
+    dataset = concatenate_datasets([load_entry(e, tasks, multi_label, unlabelled) for e in entries])
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
     return dataset

@@ -3,6 +3,7 @@
     python train.py                                     # bundled data/ + bundled all-MiniLM-L6-v2, CPU, minutes
     python train.py --backbone distilbert-base-uncased  # the original design's encoder (needs the Hub)
     python train.py args.json                           # every argument from one JSON file
+    python train.py --teacher outputs/multitask-minilm --student_layers 3 --output_dir outputs/student-3  # a student
 
 Arguments: `training_args.py` (ModelArguments, DataArguments, MultiTaskTrainingArguments: every `TrainingArguments`
 option too). The library does the work: `training_run.py` (the output folder, continuing a saved model and adding

@@ -24,7 +24,8 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
 
 from configuration_multitask import RESERVED_TASK_NAMES
-from multitask_data import UserError
+from distillation import DEFAULT_LAYER_CHOICE, LAYER_CHOICES
+from multitask_data import UserError, is_unlabelled_entry
 from trainer_multitask import BUNDLED
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,24 @@ class ModelArguments:
     layerwise_lr_decay: float = field(
         default=1.0, metadata={"help": "Encoder layer k from the top gets learning_rate * decay**k; 1.0 = off."}
     )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil a saved multi-task model (a folder or Hub id) into a shallower student (--student_layers): "
+            "the teacher's architecture, embeddings, heads and chosen layers, trained on the teacher's answers for "
+            "every task on every training row plus the gold labels where a row has them."
+        },
+    )
+    student_layers: int | None = field(
+        default=None, metadata={"help": "With --teacher: the student's encoder layers, 1 to the teacher's - 1."}
+    )
+    student_layer_choice: str = field(
+        default=DEFAULT_LAYER_CHOICE,
+        metadata={
+            "help": "With --teacher: which teacher layers the student keeps: spread (the lowest, the top and the "
+            "others evenly between; 6 -> 3 keeps 0,3,5), lowest (the first N), or indices such as 0,2,4."
+        },
+    )
     license: str = field(
         default="apache-2.0",
         metadata={"help": "Licence in the model card (the bundled encoder's is apache-2.0; check your encoder's)."},
@@ -110,10 +129,58 @@ class ModelArguments:
             raise ArgumentError(
                 "--backbone and --model_name_or_path both given: a saved model already has its encoder; drop one"
             )
+        self.check_student_options()
         if self.add_tasks and not self.model_name_or_path:
             raise ArgumentError(
                 "--add_tasks adds tasks to a saved model (--model_name_or_path); for a new model, put them in --tasks"
             )
+
+    def check_student_options(self):
+        """--teacher, --student_layers and --student_layer_choice, as far as they can be checked without the teacher
+        (its depth is `training_run.model_config`'s to check)."""
+        if self.student_layers is not None and not self.teacher:
+            raise ArgumentError(
+                "--student_layers makes a student of a trained model: give that model with --teacher DIR"
+            )
+        if not self.teacher:
+            if self.student_layer_choice != DEFAULT_LAYER_CHOICE:
+                raise ArgumentError(
+                    "--student_layer_choice picks a student's layers: give --teacher and --student_layers"
+                )
+            return
+        if self.student_layers is None:
+            raise ArgumentError(
+                "--teacher: give the student's depth with --student_layers N (fewer layers than the teacher's)"
+            )
+        if self.student_layers < 1:
+            raise ArgumentError(f"--student_layers must be >= 1, got {self.student_layers}")
+        for flag in ("model_name_or_path", "add_tasks"):
+            if getattr(self, flag):
+                raise ArgumentError(
+                    f"--teacher and --{flag} both given: a student is the teacher's architecture and tasks; drop --{flag}"
+                )
+        if self.backbone != BUNDLED:
+            raise ArgumentError(
+                "--teacher and --backbone both given: a student is made of the teacher's encoder; drop one"
+            )
+        self.layer_choice()
+
+    def layer_choice(self):
+        """--student_layer_choice as `distillation.make_student` takes it: a name, or a list of layer indices."""
+        choice = self.student_layer_choice.strip()
+        if choice in LAYER_CHOICES:
+            return choice
+        try:
+            layers = [int(item) for item in choice.split(",")]
+        except ValueError:
+            layers = None
+        if not layers or len(layers) != self.student_layers or layers != sorted(set(layers)) or layers[0] < 0:
+            raise ArgumentError(
+                f"--student_layer_choice {self.student_layer_choice!r}: expected {' or '.join(LAYER_CHOICES)}, or "
+                f"{self.student_layers} increasing teacher layer indices such as "
+                f"{','.join(map(str, range(0, 2 * (self.student_layers or 1), 2)))}"
+            )
+        return layers
 
     def task_schema(self):
         """`--tasks` as `(tasks, multi_label_tasks)`, or (None, None) when not given."""
@@ -322,11 +389,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
     # Learning without forgetting (Li & Hoiem, 2016): what keeps a saved model's tasks when it trains on (mostly)
     # other data, e.g. a task added unfrozen (README, "Adding a task to a trained model")
-    distill_weight: float = field(
-        default=0.0,
+    distill_weight: float | None = field(
+        default=None,
         metadata={
             "help": "Continuing a saved model (--model_name_or_path): add W x a distillation loss that keeps its own "
-            "tasks' outputs on every training row close to what the saved model answers; 0 = off."
+            "tasks' outputs on every training row close to what the saved model answers; 0 = off (the default). "
+            "With --teacher: the weight of the teacher's answers beside the gold labels (default 1.0; 0: gold only)."
         },
     )
     distill_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of --distill_weight."})
@@ -384,7 +452,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def check_robustness_options(self):
         if not 0.0 <= self.wise_ft_alpha <= 1.0:
             raise ArgumentError(f"--wise_ft_alpha must be in [0, 1], got {self.wise_ft_alpha:g}")
-        if not 0.0 <= self.distill_weight < float("inf"):
+        if self.distill_weight is not None and not 0.0 <= self.distill_weight < float("inf"):
             raise ArgumentError(f"--distill_weight must be a number >= 0, got {self.distill_weight:g}")
         if not 0.0 < self.distill_temperature < float("inf"):
             raise ArgumentError(f"--distill_temperature must be > 0, got {self.distill_temperature:g}")
@@ -406,17 +474,51 @@ class MultiTaskTrainingArguments(TrainingArguments):
         return names
 
 
+# A student's default weight of its teacher's answers beside the gold labels (`--distill_weight` with --teacher): the
+# two losses alike, at the trainer's temperature 2.0.
+STUDENT_DISTILL_WEIGHT = 1.0
+
+
+def check_together(model_args, data_args, training_args):
+    """What involves two of the argument groups: unlabelled training text needs a teacher (it has no other target)
+    and is no evaluation data; `--distill_weight`'s default is resolved (STUDENT_DISTILL_WEIGHT with --teacher, else
+    0: off)."""
+    if training_args.distill_weight is None:
+        training_args.distill_weight = STUDENT_DISTILL_WEIGHT if model_args.teacher else 0.0
+    for name in ("validation_file", "test_file", "eval_file"):
+        for entry in getattr(data_args, name):
+            if is_unlabelled_entry(entry_path(entry) if name == "eval_file" else entry):
+                raise ArgumentError(
+                    f"--{name} {entry}: unlabelled text cannot be evaluated; evaluation files need labels"
+                )
+    unlabelled = [entry for entry in data_args.train_file if is_unlabelled_entry(entry)]
+    if unlabelled and not (model_args.teacher and training_args.distill_weight > 0):
+        why = (
+            "with --distill_weight 0 they teach nothing"
+            if model_args.teacher
+            else "give --teacher DIR --student_layers N"
+        )
+        raise ArgumentError(
+            f"--train_file {unlabelled[0]}: unlabelled text (no label for any task) learns only from a teacher's "
+            f"answers; {why}"
+        )
+
+
 def parse_args(argv):
     parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
     if isinstance(argv, dict):  # programmatic use: {"backbone": ..., "test_file": [], ...}
         shown = [[f"--{key}", *map(str, value if isinstance(value, list) else [value])] for key, value in argv.items()]
-        return (*parser.parse_dict(argv), [token for pair in shown for token in pair])
-    try:
-        if len(argv) == 1 and argv[0].endswith(".json"):
-            return (*parser.parse_json_file(json_file=os.path.abspath(argv[0])), argv)
-        return (*parser.parse_args_into_dataclasses(args=argv), argv)
-    except ArgumentError:
-        raise
-    except (OSError, ValueError) as e:  # a missing or malformed arguments file, arguments that are no option
-        where = f"{argv[0]}: " if len(argv) == 1 and argv[0].endswith(".json") else ""
-        raise ArgumentError(f"{where}{' '.join(str(e).split())}") from None
+        parsed = (*parser.parse_dict(argv), [token for pair in shown for token in pair])
+    else:
+        try:
+            if len(argv) == 1 and argv[0].endswith(".json"):
+                parsed = (*parser.parse_json_file(json_file=os.path.abspath(argv[0])), argv)
+            else:
+                parsed = (*parser.parse_args_into_dataclasses(args=argv), argv)
+        except ArgumentError:
+            raise
+        except (OSError, ValueError) as e:  # a missing or malformed arguments file, arguments that are no option
+            where = f"{argv[0]}: " if len(argv) == 1 and argv[0].endswith(".json") else ""
+            raise ArgumentError(f"{where}{' '.join(str(e).split())}") from None
+    check_together(*parsed[:3])
+    return parsed

@@ -3,7 +3,8 @@ adding tasks to it, the run's settings, saving and the model card. train.py wire
 
 - The model: `model_config` (a new model's config from the encoder, or a saved model's with the training settings
   given and `--add_tasks` appended; architecture flags that differ are refused), `check_model_options`,
-  `build_model`, `load_tokenizer`, `distillation_teacher` (learning without forgetting).
+  `build_model`, `load_tokenizer`, `distillation_teacher` (learning without forgetting; a student's teacher: with
+  `--teacher`, `build_model` makes the student with `distillation.make_student`).
 - The output folder: `run_settings` (what the result depends on, recorded in run.json), `check_output_dir` (every
   refusal, before anything is read or written), `start_output_dir`, `removed_if_unfinished` (a run that stops
   before its first complete checkpoint takes back what it wrote), `how_to_go_on`; `RUN_OUTPUTS` are the only names
@@ -23,6 +24,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import transformers
@@ -31,6 +33,7 @@ from transformers import AutoConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from configuration_multitask import MultiTaskConfig, check_model_source
+from distillation import check_same_schema, make_student, student_layer_indices, teacher_depth
 from modeling_multitask import MultiTaskModel, load_saved_model, load_saved_tokenizer
 from multitask_data import label_counts, load_split
 from onnx_multitask import sha256_file
@@ -62,10 +65,11 @@ def model_config(model_args):
 
     A new model: the encoder's config plus the settings given. A continued model (`--model_name_or_path`): the
     checkpoint's config; architecture flags must agree with it, training settings may change, and `--add_tasks`
-    appends tasks (their heads are added by `build_model`)."""
+    appends tasks (their heads are added by `build_model`). A student (`--teacher`, `--student_layers`): the teacher's
+    config, checked the same way (its task schema too), with the student's depth (`student_config`)."""
     settings = model_args.config_settings()
     try:
-        if not model_args.model_name_or_path:
+        if not (model_args.model_name_or_path or model_args.teacher):
             settings.setdefault("max_seq_length", 128)
             source = resolve_backbone(model_args.backbone)
             check_model_source(source)
@@ -74,7 +78,15 @@ def model_config(model_args):
             except OSError as e:
                 raise ArgumentError(f"--backbone {model_args.backbone}: {str(e).splitlines()[0]}") from None
             return MultiTaskConfig(backbone_config=backbone_config, **settings)
-        saved = MultiTaskConfig.from_saved_model(model_args.model_name_or_path)
+        source = model_args.model_name_or_path or model_args.teacher
+        saved = MultiTaskConfig.from_saved_model(source)
+        if model_args.teacher and settings.get("tasks") is not None:
+            try:
+                given = settings["tasks"], settings.get("multi_label_tasks") or []
+                given = SimpleNamespace(tasks=given[0], multi_label_tasks=[t for t in given[0] if t in given[1]])
+                check_same_schema(saved, given, "--tasks'")
+            except ValueError as e:
+                raise ArgumentError(f"--teacher {model_args.teacher}: {e}") from None
         for name in ARCHITECTURE_FIELDS:
             if name in settings and settings[name] != getattr(saved, name):
                 given, kept = f"--{name} {settings[name]!r}", getattr(saved, name)
@@ -82,7 +94,7 @@ def model_config(model_args):
                     name, given = "tasks", f"--tasks's multi-label tasks {settings[name]!r}"
                 raise ArgumentError(
                     f"{given} differs from the saved model's {kept!r} "
-                    f"({model_args.model_name_or_path}); a saved model keeps its architecture: drop --{name}"
+                    f"({source}); a saved model keeps its architecture: drop --{name}"
                     f"{' (--add_tasks adds tasks)' if name == 'tasks' else ''}, or train a new model from --backbone"
                 )
         changes = {name: settings[name] for name in TRAINING_FIELDS if name in settings}
@@ -96,12 +108,36 @@ def model_config(model_args):
         if "loss_weights" in changes:  # tasks not named get 1.0, as for a new model
             changes["loss_weights"] = {**dict.fromkeys(saved.tasks, 1.0), **changes["loss_weights"]}
         if changes:
-            logger.info("continuing %s with %s", model_args.model_name_or_path, changes)
-        return MultiTaskConfig(**{**saved.to_dict(), **changes})  # validated like a new config
+            logger.info("continuing %s with %s", source, changes)
+        config = MultiTaskConfig(**{**saved.to_dict(), **changes})  # validated like a new config
+        return student_config(model_args, config) if model_args.teacher else config
     except ArgumentError:
         raise
     except ValueError as e:  # MultiTaskConfig's checks name the field and the value: name the flag instead
         raise ArgumentError(flag_message(str(e), "add_tasks" if model_args.add_tasks else "tasks")) from None
+
+
+def student_config(model_args, teacher_config):
+    """The student's config: the teacher's, with --student_layers encoder layers (checked against the teacher's depth,
+    as --student_layer_choice is) and where it came from (`distilled_from`, `student_layers`)."""
+    try:
+        depth = teacher_depth(teacher_config)
+    except ValueError as e:
+        raise ArgumentError(f"--teacher {model_args.teacher}: {e}") from None
+    n = model_args.student_layers
+    if n >= depth:
+        raise ArgumentError(
+            f"--student_layers {n}: the teacher ({model_args.teacher}) has {depth} encoder layers; a student has 1 to "
+            f"{depth - 1}"
+        )
+    try:
+        layers = student_layer_indices(depth, n, model_args.layer_choice())
+    except ValueError as e:
+        raise ArgumentError(f"--student_layer_choice {model_args.student_layer_choice}: {e}") from None
+    config = copy.deepcopy(teacher_config)
+    config.backbone_config.num_hidden_layers = n
+    config.distilled_from, config.student_layers = shown_path(model_args.teacher), layers
+    return config
 
 
 def flag_message(message, tasks_flag):
@@ -123,6 +159,14 @@ def backbone_name(name_or_path):
 
 
 def build_model(model_args, config):
+    if model_args.teacher:  # the teacher with the training settings given, cut down to the student (make_student)
+        try:
+            teacher = load_saved_model(model_args.teacher, **{name: getattr(config, name) for name in TRAINING_FIELDS})
+            return make_student(
+                teacher, model_args.student_layers, config.student_layers, teacher_name=config.distilled_from
+            )
+        except ValueError as e:  # missing or damaged weights, an encoder whose layers cannot be found: one line
+            raise ArgumentError(f"--teacher {model_args.teacher}: {e}") from None
     if model_args.model_name_or_path:
         # The saved model with the training settings given, then a fresh head for each task of `config` it lacks
         # (--add_tasks), added with `add_task`, as a user would.
@@ -151,8 +195,8 @@ def load_tokenizer(model_args, config):
     """The tokenizer of the saved model or encoder being trained; an ArgumentError of one line when it cannot be
     read."""
     # config= keeps AutoTokenizer from reading a saved multi-task config.json (remote code) just to find the class
-    if model_args.model_name_or_path:
-        source, read_with = model_args.model_name_or_path, config
+    if model_args.model_name_or_path or model_args.teacher:
+        source, read_with = model_args.model_name_or_path or model_args.teacher, config
     else:
         source, read_with = resolve_backbone(model_args.backbone), config.backbone_config
     try:
@@ -183,10 +227,11 @@ def shown_command(argv):
     return " ".join(["python train.py", *(shown(arg) for arg in argv)])
 
 
-def model_card(model, model_args, data_args, metrics, command):
+def model_card(model, model_args, data_args, metrics, command, training_args=None):
     """The Hub model card: metadata (base model, licence, model-index with every task's results) and a body with the
     task schema, the data, the command and the results table. Named evaluation sets (--eval_file) give one group
-    of results each, under their name as the split."""
+    of results each, under their name as the split. A student (`config.distilled_from`) has a section naming its
+    teacher, the layers it kept and (from `training_args`) how it was taught."""
     config = model.config
     named_sets = data_args.eval_sets() if data_args.eval_file else {}
     eval_splits = [(f"eval_{name}", name, entries) for name, entries in named_sets.items()] or [
@@ -214,7 +259,12 @@ def model_card(model, model_args, data_args, metrics, command):
         license=model_args.license,
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=["multi-task", "sentence-classification", "custom_code"],
+        tags=[
+            "multi-task",
+            "sentence-classification",
+            "custom_code",
+            *(["distillation"] * bool(config.distilled_from)),
+        ],
         datasets=[data_args.dataset_name] if data_args.dataset_name else None,
         metrics=["accuracy", "f1"],
         model_name=Path(os.path.abspath(model.name_or_path or "multitask-model")).name,
@@ -238,7 +288,7 @@ answers every task. Inputs are truncated to {config.max_seq_length} tokens, as i
 
 ## Tasks
 {schema}
-
+{distillation_section(config, training_args)}
 ## Training data
 - train: {", ".join(f"`{shown_path(e)}`" for e in data_args.train_file)}
 - validation: {", ".join(f"`{shown_path(e)}`" for e in data_args.validation_file) or "none"}
@@ -261,6 +311,28 @@ print(model.predict(["Shares of the chipmaker jumped 8% after earnings."], token
 ```
 """
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def distillation_section(config, training_args=None):
+    """The model card's section on a student: its teacher, the layers it kept, how it was taught; "" for a model that
+    is no student."""
+    if not config.distilled_from:
+        return ""
+    layers = ", ".join(map(str, config.student_layers or []))
+    how = ""
+    if training_args is not None:
+        weight, temperature = training_args.distill_weight, training_args.distill_temperature
+        how = (
+            f" It was trained on the teacher's answers for every task on every training row (distillation loss, "
+            f"weight {weight:g}, temperature {temperature:g}) plus the gold labels where a row has them."
+            if weight
+            else " It was trained on the gold labels alone (--distill_weight 0)."
+        )
+    return f"""
+## Distillation
+A student of `{config.distilled_from}`: {config.backbone_config.num_hidden_layers} encoder layers, copies of the
+teacher's layers {layers} (0 = the lowest), with its embeddings and heads.{how}
+"""
 
 
 # handler.py, copied into every final model (with the code files save_pretrained and save_pipeline copy), so that a
@@ -323,7 +395,7 @@ def run_settings(model_args, data_args, training_args):
     def shareable(name, value):
         if name.endswith("_file"):  # data entries: by what they hold, not where they are
             return [f"{shown_path(e)}#{file_sha256(entry_path(e))}" for e in value]
-        if name in ("backbone", "model_name_or_path") and value:
+        if name in ("backbone", "model_name_or_path", "teacher") and value:
             return backbone_name(value)
         return value if isinstance(value, (str, int, float, bool, type(None), list)) else str(value)
 
@@ -379,7 +451,7 @@ def forbidden_output_dir(out, model_args, data_args):
         return "is a git repository (it holds .git)"
     inputs = [(f"--{name}", entry_path(e)) for name in ("train_file", "validation_file", "test_file", "eval_file")
               for e in getattr(data_args, name)]  # fmt: skip
-    for flag in ("model_name_or_path", "backbone"):
+    for flag in ("model_name_or_path", "teacher", "backbone"):
         source = getattr(model_args, flag)
         if source and source != BUNDLED and os.path.isdir(source):
             inputs.append((f"--{flag}", os.path.join(source, "config.json")))
@@ -584,7 +656,7 @@ def check_metric_for_best_model(training_args, config, named_sets):
 
 def check_model_options(model_args, training_args, config):
     """Refuse, before any data or weights are read, the options the model to train cannot take."""
-    if training_args.distill_weight and not model_args.model_name_or_path:
+    if training_args.distill_weight and not (model_args.model_name_or_path or model_args.teacher):
         raise ArgumentError(
             "--distill_weight keeps a saved model's tasks close to that model's answers: give the model with "
             "--model_name_or_path (a new model has nothing to keep)"
@@ -600,10 +672,16 @@ def check_model_options(model_args, training_args, config):
 
 
 def distillation_teacher(model, model_args, training_args, config):
-    """Learning without forgetting (`--distill_weight`): `(teacher, tasks)`, a copy of the model as it starts (its
-    new heads unused), which answers the saved model's tasks; (None, []) when off."""
+    """`(teacher, tasks)` whose answers the model learns (`--distill_weight`), or (None, []) when off. A student
+    (`--teacher`): the teacher, every task. Learning without forgetting: a copy of the model as it starts (its new
+    heads unused), which answers the saved model's tasks."""
     if not training_args.distill_weight:
         return None, []
+    if model_args.teacher:
+        try:
+            return load_saved_model(model_args.teacher), list(config.tasks)
+        except ValueError as e:
+            raise ArgumentError(f"--teacher {model_args.teacher}: {e}") from None
     added = model_args.added_tasks()[0]
     return copy.deepcopy(model), [task for task in config.tasks if task not in added]
 
@@ -612,7 +690,12 @@ def read_splits(data_args, training_args, config, eval_entries):
     """`(train, {name: evaluation set}, test or None)`, every row checked against the model's tasks."""
     tasks, multi_label = config.tasks, {"multi_label": config.multi_label_tasks}
     train_ds = load_split(
-        data_args.train_file, tasks, data_args.max_train_samples, seed=training_args.seed, **multi_label
+        data_args.train_file,
+        tasks,
+        data_args.max_train_samples,
+        seed=training_args.seed,
+        unlabelled=bool(config.distilled_from and training_args.distill_weight),  # they learn a teacher's answers
+        **multi_label,
     )
     eval_splits = {
         name: load_split(entries, tasks, data_args.max_eval_samples, **multi_label)
@@ -642,7 +725,7 @@ def write_results(trainer, model_args, data_args, metrics, argv, named_sets):
                     json.dumps(trainer.per_label_results, indent=1) + "\n", encoding="utf-8"
                 )
             trainer.save_state()
-            card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv))
+            card = model_card(trainer.model, model_args, data_args, metrics, shown_command(argv), trainer.args)
             card.save(Path(output_dir) / "README.md")
             if not trainer.args.keep_checkpoints:
                 remove_checkpoints(output_dir)

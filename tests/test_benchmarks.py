@@ -245,3 +245,31 @@ def test_robustness_default_sweep_methods_need_not_be_run(tmp_path):
     args = parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--methods", "single_A",
                        "--wise_ft_sweep", "0.8"])  # fmt: skip
     assert args.wise_ft_sweep_methods == ["baseline", "gentle"]
+
+
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
+def test_student_benchmark_runs_and_continues(backbone_dir, tmp_path):
+    """benchmarks.student end to end: a tiny teacher trained by the benchmark (2 layers), students of 1 layer in the
+    three variants, speed; a second run reads every run back."""
+    (tmp_path / "data").mkdir()
+    data = tiny_data_dir(tmp_path / "data")
+    rows = [json.loads(line) for line in (REPO / "data" / "train.jsonl").read_text().splitlines()]
+    (data / "emotion_train.jsonl").write_text("".join(json.dumps({"text": r["text"], "labels": ["joy"]}) + "\n"
+                                                      for r in rows[100:130]))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["benchmarks.student", "--data_dir", str(data), "--output_dir", str(out), "--backbone", backbone_dir,
+            "--layers", "1", "--seeds", "42", "--epochs", "1", "--unlabelled_rows", "12",
+            "--speed_sentences", "16", "--latency_sentences", "2", "--batch_size", "8", "--rounds", "1"]  # fmt: skip
+    stdout = run(args)
+    for marker in ("| teacher | all | - | - |", "| distilled | 1 | spread | 42 |", "| unlabelled | 1 | spread | 42 |",
+                   "| gold | 1 | spread | 42 |", "| student L1, onnx int8 |", "| teacher, torch fp32 |"):  # fmt: skip
+        assert marker in stdout, stdout
+    results = json.loads((out / "results.json").read_text())
+    runs = {name: records[0] for name, records in results["runs"].items()}
+    assert runs["unlabelled-L1-spread"]["train_examples"] == runs["distilled-L1-spread"]["train_examples"] + 12
+    assert runs["gold-L1-spread"]["settings"]["distill_weight"] == 0.0
+    assert (out / "teacher" / "config.json").is_file() and (out / "models" / "distilled-L1-spread-seed42").is_dir()
+    assert not (out / "models" / "gold-L1-spread-seed42").exists()  # only the speed runs' students are kept
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0 and result.stderr.count("(stored result)") == 3, result.stderr[-3000:]

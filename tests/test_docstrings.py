@@ -20,6 +20,7 @@ MODULES = (
     "trainer_multitask",
     "pipeline_multitask",
     "labelling",
+    "distillation",
 )
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 FENCE = re.compile(r"^[ \t]*```[a-z]*[ \t]*$", re.MULTILINE)
@@ -42,6 +43,7 @@ DOCUMENTED = {
     "trainer_multitask": ["MultiTaskTrainer"],
     "pipeline_multitask": ["MultiTaskClassificationPipeline"],
     "labelling": ["load_for_inference", "label_texts", "label_file"],
+    "distillation": ["make_student", "student_layer_indices"],
 }
 
 
