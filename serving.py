@@ -13,7 +13,7 @@ from a registry of the app's own).
 
 Requests go into one bounded queue (`max_queue` texts admitted and not yet answered; above it a request is refused
 with 503 and `Retry-After`); ONE worker thread, off the event loop, takes up to `max_batch_size` texts (waiting up to
-`max_wait_ms` after the first for others), runs them through the inference core (`MultiTaskInference.predict` /
+`max_wait_ms` after the first for others, none by default), runs them through the inference core (`MultiTaskInference.predict` /
 `encode`) and answers each request's future on the loop. A request whose client has gone is skipped. A text's answer
 does not depend on what it is batched with (the core pads and masks). Every bad input is a 4xx with a one-line JSON
 `{"error": "..."}` naming the field; `drain` (lifespan exit, SIGTERM) stops admitting and answers what was admitted.
@@ -51,7 +51,10 @@ class ServeOptions:
     """The server's limits (serve.py's flags of the same names)."""
 
     max_batch_size: int = 32  # texts per forward pass
-    max_wait_ms: float = 5.0  # how long the first queued request waits for others to join its batch
+    # How long the first queued request waits for others to join its batch. 0: none; the worker takes what queued
+    # while it was busy, so batches grow with the load. On 2 CPU cores 0 beat 2 and 5 ms at 1 to 64 clients, torch
+    # and int8 (docs/usage.md, "Serving over HTTP"); a wait pays where a batch costs little more than one text (GPU).
+    max_wait_ms: float = 0.0
     max_queue: int = 1024  # texts admitted and not yet answered; above it new requests get 503
     max_request_texts: int = 256  # texts in one request
     max_body_bytes: int = 1_000_000  # bytes in one request body
@@ -442,7 +445,7 @@ def create_app(
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ClientError(422, f"top_k must be a positive integer, got {json.dumps(top_k)}")
         results = await run(request, "predict", texts, top_k, "/predict")
-        return results[0] if single else results
+        return JSONResponse(results[0] if single else results)  # plain JSON: FastAPI's encoder walk costs per request
 
     async def embeddings(request, body, field, endpoint):
         texts, single = _check_inputs(body, field, options.max_request_texts)
@@ -454,7 +457,7 @@ def create_app(
     @app.post("/embed")
     async def embed(request: Request):
         _, single, vectors = await embeddings(request, await read_body(request), "inputs", "/embed")
-        return vectors[0] if single else vectors
+        return JSONResponse(vectors[0] if single else vectors)
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
@@ -467,15 +470,17 @@ def create_app(
         tokens = sum(
             len(tokenizer(t, truncation=True, max_length=model.input_limit(tokenizer))["input_ids"]) for t in texts
         )
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _base64(v) if encoding == "base64" else v}
-                for i, v in enumerate(vectors)
-            ],
-            "model": body.get("model") if isinstance(body.get("model"), str) else model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _base64(v) if encoding == "base64" else v}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": body.get("model") if isinstance(body.get("model"), str) else model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     @app.get("/health")
     async def health():

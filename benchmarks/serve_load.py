@@ -96,6 +96,15 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"serve.py not healthy after {timeout} s; see {self.log.name}")
 
+    def batches(self):
+        """(texts, batches) the model has run so far, from /metrics."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{self.base}/metrics").text)
+                   for s in f.samples}  # fmt: skip
+        return samples.get("multitask_batch_size_sum", 0.0), samples.get("multitask_batch_size_count", 0.0)
+
     def rss_mb(self):
         import psutil
 
@@ -111,36 +120,75 @@ class Server:
         self.log.close()
 
 
-def new_client(connections):
-    import httpx
+class Connection:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1 that POSTs JSON and reads the status (and the body, by its
+    Content-Length). The load generator's own cost is paid on the cores it shares with the server, so it is kept small:
+    an asyncio stream per client instead of a general HTTP client (httpx took about as much CPU per request as the
+    server's whole HTTP layer)."""
 
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0))
+    def __init__(self, port, timeout=60.0):
+        self.port, self.timeout, self.streams = port, timeout, None
+
+    async def post(self, path, body):
+        """The response's status code; a ConnectionError when the connection fails or closes."""
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()  # fmt: skip
+        try:
+            return await asyncio.wait_for(self._exchange(head + data), self.timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
+            self.close()
+            raise ConnectionError(str(e) or type(e).__name__) from None
+
+    async def _exchange(self, request):
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self.streams
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionError("closed by the server")
+        length, closing = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                closing = True
+        await reader.readexactly(length)
+        if closing:
+            self.close()
+        return int(status_line.split()[1])
+
+    def close(self):
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
-async def closed_loop(base, texts, clients, max_requests, max_seconds, offset=0):
+async def closed_loop(port, texts, clients, max_requests, max_seconds, offset=0):
     """`clients` clients, each sending one text and the next when answered; stops at max_requests or max_seconds."""
-    import httpx
-
     numbers, latencies, statuses = itertools.count(), [], Counter()
-    async with new_client(clients) as client:
-        start = time.perf_counter()
-        deadline = start + max_seconds
+    start = time.perf_counter()
+    deadline = start + max_seconds
 
-        async def one_client():
-            while (i := next(numbers)) < max_requests and time.perf_counter() < deadline:
-                sent = time.perf_counter()
-                try:
-                    r = await client.post(f"{base}/predict", json={"inputs": texts[(offset + i) % len(texts)]})
-                except httpx.HTTPError:
-                    statuses["connection error"] += 1
-                    continue
-                statuses[r.status_code] += 1
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - sent)
+    async def one_client():
+        connection = Connection(port)
+        while (i := next(numbers)) < max_requests and time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                status = await connection.post("/predict", {"inputs": texts[(offset + i) % len(texts)]})
+            except ConnectionError:
+                statuses["connection error"] += 1
+                continue
+            statuses[status] += 1
+            if status == 200:
+                latencies.append(time.perf_counter() - sent)
+        connection.close()
 
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
     return {
         "clients": clients,
@@ -154,33 +202,33 @@ async def closed_loop(base, texts, clients, max_requests, max_seconds, offset=0)
     }
 
 
-async def open_loop(base, texts, rate, seconds, max_in_flight=2048):
-    """Requests sent at `rate` per second for `seconds`, whatever the answers (at most max_in_flight unanswered)."""
-    import httpx
+async def open_loop(port, texts, rate, seconds, connections=512):
+    """Requests sent at `rate` per second for `seconds` whatever the answers, over a pool of `connections` keep-alive
+    connections (a request due when every connection is busy waits for one: counted as late)."""
+    statuses, free = Counter(), asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(Connection(port))
 
-    statuses = Counter()
-    async with new_client(max_in_flight) as client:
+    async def one(i, due):
+        connection = await free.get()
+        if time.perf_counter() - due > 1.0:
+            statuses["sent over 1 s late (every connection busy)"] += 1
+        try:
+            statuses[await connection.post("/predict", {"inputs": texts[i % len(texts)]})] += 1
+        except ConnectionError:
+            statuses["connection error"] += 1
+        free.put_nowait(connection)
 
-        async def one(i):
-            try:
-                r = await client.post(f"{base}/predict", json={"inputs": texts[i % len(texts)]})
-                statuses[r.status_code] += 1
-            except httpx.HTTPError:
-                statuses["connection error"] += 1
-
-        tasks, start = set(), time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(tasks) >= max_in_flight:
-                statuses["not sent (client at its limit)"] += 1
-                continue
-            task = asyncio.create_task(one(i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+    tasks, start = [], time.perf_counter()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not free.empty():
+        free.get_nowait().close()
     return {
         "rate_sent": rate,
         "seconds": elapsed,
@@ -212,21 +260,24 @@ def run(args):
             server = Server(args.model, backend, batch, args.max_queue, out / f"serve-{backend}-b{batch}.log")
             try:
                 server.wait_ready()
-                asyncio.run(closed_loop(server.base, texts, 8, 200, 10))  # warm-up
+                asyncio.run(closed_loop(server.port, texts, 8, 200, 10))  # warm-up
                 for clients in args.clients:
-                    level = asyncio.run(closed_loop(server.base, texts, clients, args.requests, args.seconds))
+                    before = server.batches()
+                    level = asyncio.run(closed_loop(server.port, texts, clients, args.requests, args.seconds))
+                    after = server.batches()
                     level.update(backend=backend, max_batch_size=batch)
+                    level["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
                     results["levels"].append(level)
                     print(json.dumps(level), flush=True)
                 if batch == max(args.batch_sizes) and args.overload_seconds > 0:
                     saturating = max(x["throughput"] for x in results["levels"]
                                      if x["backend"] == backend and x["max_batch_size"] == batch)  # fmt: skip
-                    over = asyncio.run(open_loop(server.base, texts, 2 * saturating, args.overload_seconds))
+                    over = asyncio.run(open_loop(server.port, texts, 2 * saturating, args.overload_seconds))
                     over["saturating_throughput"] = saturating
                     results["overload"][backend] = over
                     print(json.dumps({"overload": backend, **over}), flush=True)
                     # the server answers normally afterwards
-                    after = asyncio.run(closed_loop(server.base, texts, 8, 200, 10))
+                    after = asyncio.run(closed_loop(server.port, texts, 8, 200, 10))
                     over["after"] = after["statuses"]
             finally:
                 server.stop()
@@ -240,7 +291,7 @@ def run(args):
             done, start = 0, time.monotonic()
             for target in sorted(args.rss_requests):
                 left = args.rss_seconds - (time.monotonic() - start)
-                level = asyncio.run(closed_loop(server.base, texts, args.rss_clients, target - done, left, done))
+                level = asyncio.run(closed_loop(server.port, texts, args.rss_clients, target - done, left, done))
                 done += level["requests"]
                 results["rss_mb"][str(target)] = {"requests": done, "rss_mb": server.rss_mb()}
                 print(json.dumps({"rss_after": done, "rss_mb": server.rss_mb()}), flush=True)
@@ -252,12 +303,12 @@ def run(args):
 
 
 def tables(results):
-    lines = ["| backend | max_batch_size | clients | requests | throughput (req/s) | p50 ms | p99 ms | non-200 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+    lines = ["| backend | max_batch_size | clients | requests | throughput (req/s) | p50 ms | p99 ms | mean batch | "
+             "non-200 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
     for x in results["levels"]:
         other = {k: v for k, v in x["statuses"].items() if k != "200"} or "-"
         lines.append(f"| {x['backend']} | {x['max_batch_size']} | {x['clients']} | {x['requests']} | "
-                     f"{x['throughput']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {other} |")  # fmt: skip
+                     f"{x['throughput']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['mean_batch']:.1f} | {other} |")  # fmt: skip
     lines += ["", "| backend | batching / no batching at 32 clients | p99 ms at 32 (batching) | served / offline | "
               "overload: sent/s, 200/s (share of saturating), statuses |", "| --- | ---: | ---: | ---: | --- |"]  # fmt: skip
     for backend, offline in results["offline"].items():

@@ -78,6 +78,33 @@ def test_onnx_speed_benchmark_runs(backbone_dir, tmp_path):
     assert (model / "onnx" / "model_int8.onnx").is_file()
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command (it starts servers)
+def test_serve_load_benchmark_runs(saved_tiny_model, tmp_path):
+    import shutil
+
+    from onnx_multitask import export
+
+    data = tiny_data_dir(tmp_path)
+    for task in ("topic", "sentiment"):
+        (data / f"{task}_dev_ood.jsonl").write_text((data / f"{task}_dev.jsonl").read_text())
+    model = shutil.copytree(saved_tiny_model[2], tmp_path / "model")
+    export(model)
+    out = tmp_path / "out"
+    stdout = run(["benchmarks.serve_load", "--model", str(model), "--data_dir", str(data), "--output_dir", str(out),
+                  "--clients", "1", "4", "--requests", "30", "--seconds", "5", "--overload_seconds", "1",
+                  "--rss_requests", "50", "100"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    levels = {(x["backend"], x["max_batch_size"], x["clients"]): x for x in results["levels"]}
+    assert set(levels) == {(b, m, c) for b in ("torch", "onnx-int8") for m in (32, 1) for c in (1, 4)}
+    assert all(x["ok"] == x["requests"] == 30 for x in levels.values())  # every request answered with 200
+    for backend in ("torch", "onnx-int8"):
+        over = results["overload"][backend]
+        assert "connection error" not in over["statuses"] and over["after"] == {"200": 200}
+        assert 0 < results["offline"][backend] < 1e6
+    assert [m["requests"] for m in results["rss_mb"].values()] == [50, 100]
+    assert "| onnx-int8 | 32 | 4 | 30 |" in stdout and "RSS of the onnx-int8 server" in stdout
+
+
 @pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     (tmp_path / "data").mkdir()
