@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parent  # on the replicas' PYTHONPATH: they impo
 RECORD = "_run.json"  # what the output folder belongs to (input files, model, settings)
 LOG = "_shards.jsonl"  # one line per shard written: its rows and the replica that labelled it
 CHUNK = 1 << 20
+START_TIMEOUT = 600  # seconds for the replicas to start (a cluster may have to scale up)
 INSTALL = "--engine ray needs Ray Data: pip install -r requirements-ray.txt"
 
 
@@ -475,6 +476,17 @@ def label_corpus(args):
     return result
 
 
+def shards_of(ray, dataset, count, cpus, gpus):
+    """The result rows of `dataset` as they come; replicas that cannot be placed are one line."""
+    try:
+        yield from dataset.iter_rows()
+    except ray.exceptions.GetTimeoutError:
+        raise UserError(
+            f"--num_workers {count}: the cluster did not start {count} replicas ({cpus:.2g} CPUs"
+            f"{', 1 GPU' if gpus else ''} each) within {START_TIMEOUT} s; ask for fewer"
+        ) from None
+
+
 def run_on_ray(args, files, todo, output, result):
     """Label the blocks of `todo` on Ray and write their shards into `output` as they come."""
     ray, started = start_ray(args.ray_address)
@@ -484,6 +496,7 @@ def run_on_ray(args, files, todo, output, result):
         labeller_args = dataclasses.replace(args, device="cuda" if gpus else args.device)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty()
+        context.wait_for_min_actors_s = START_TIMEOUT  # every replica loads its model before the first block
         python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         dataset = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             Labeller,
@@ -494,7 +507,7 @@ def run_on_ray(args, files, todo, output, result):
                 "threads": max(1, int(cpus)),
             },
             batch_size=1,
-            concurrency=count,
+            compute=ray.data.ActorPoolStrategy(size=count, max_tasks_in_flight_per_actor=2),
             num_cpus=cpus,
             num_gpus=gpus,
             runtime_env={"env_vars": {"PYTHONPATH": python_path}},
@@ -503,7 +516,7 @@ def run_on_ray(args, files, todo, output, result):
                     ", 1 GPU" if gpus else "")  # fmt: skip
         workers = set()
         with open(output / LOG, "a", encoding="utf-8") as log:
-            for row in dataset.iter_rows():
+            for row in shards_of(ray, dataset, count, cpus, gpus):
                 for line in json.loads(row["skipped"]):
                     logger.warning("%s; skipped", line)
                 if row["error"]:  # a bad line, a model that cannot be loaded: the shards before it are written
