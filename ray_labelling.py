@@ -64,6 +64,18 @@ INSTALL = "--engine ray needs Ray Data: pip install -r requirements-ray.txt"
 class RayArguments(LabelArguments):
     """`LabelArguments` and what a run on Ray adds: the replicas, the cluster, the shards."""
 
+    input: str = field(
+        metadata={
+            "help": "File to label (.txt, .jsonl, .csv, .tsv), or - for stdin; --engine ray: a file, folder or "
+            "glob (.parquet too), local or a URI (s3://...)."
+        }  # fmt: skip
+    )
+    output: str = field(
+        metadata={
+            "help": "JSONL file to write (if it exists, the run resumes where it stopped); --engine ray: a "
+            "folder of shards."
+        }  # fmt: skip
+    )
     num_workers: int | None = field(
         default=None,
         metadata={"help": "--engine ray: model replicas; default: one per GPU of the cluster, else one per CPU."},
@@ -418,7 +430,7 @@ def replicas(ray, args):
     """(replicas, CPUs and GPUs per replica): one per GPU of the cluster (PyTorch backend), else one per CPU."""
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1), int(resources.get("GPU", 0))
-    gpus = gpus if args.backend == "torch" and args.device == "cpu" else 0
+    gpus = gpus if args.backend == "torch" else 0  # ONNX Runtime runs on the CPU
     count = args.num_workers or gpus or max(1, int(cpus))
     return count, max(cpus / count, 0.01), 1 if gpus else 0
 
@@ -458,6 +470,7 @@ def label_corpus(args):
         plan(fs, file, args.rows_per_shard)
     current = identity(args, files)
     todo, total = [], 0
+    output.mkdir(exist_ok=True)
     with output_lock(output / RECORD):
         prepare(output, current, args)
         for i, file in enumerate(files):

@@ -271,7 +271,9 @@ def test_a_folder_of_files_names_each_row_s_file_and_parquet_output(local_ray, s
         write_jsonl(corpus / "more" / "c.jsonl", texts(400, seed=3)),
     ]
     output = tmp_path / "shards"
-    assert ray_run(model, corpus, output, "--num_workers", 2, "--rows_per_shard", 300, "--output_format", "parquet") == 0
+    assert (
+        ray_run(model, corpus, output, "--num_workers", 2, "--rows_per_shard", 300, "--output_format", "parquet") == 0
+    )
     rows = shard_rows(output)
     assert len(list(output.glob("shard-*.parquet"))) == 3 + 3 + 2
     for i, source in enumerate(sources):
