@@ -261,7 +261,7 @@ def test_one_file_on_two_replicas_equals_one_process(local_ray, saved_tiny_model
 
 
 @pytest.mark.slow  # a local Ray and 2 model replicas
-def test_a_folder_of_files_names_each_row_s_file_and_parquet_output(local_ray, saved_tiny_model, tmp_path):
+def test_a_folder_of_files_by_uri_names_each_row_s_file_and_parquet_output(local_ray, saved_tiny_model, tmp_path):
     model = saved_tiny_model[2]
     corpus = tmp_path / "corpus"
     (corpus / "more").mkdir(parents=True)
@@ -271,13 +271,13 @@ def test_a_folder_of_files_names_each_row_s_file_and_parquet_output(local_ray, s
         write_jsonl(corpus / "more" / "c.jsonl", texts(400, seed=3)),
     ]
     output = tmp_path / "shards"
-    assert (
-        ray_run(model, corpus, output, "--num_workers", 2, "--rows_per_shard", 300, "--output_format", "parquet") == 0
-    )
+    uri = f"file://{corpus}/*"  # a URI, read through pyarrow's file systems as s3:// is; * also matches more/c.jsonl
+    options = ["--num_workers", 2, "--rows_per_shard", 300, "--output_format", "parquet"]
+    assert ray_run(model, uri, output, *options) == 0
     rows = shard_rows(output)
     assert len(list(output.glob("shard-*.parquet"))) == 3 + 3 + 2
     for i, source in enumerate(sources):
-        mine = [row for row in rows if row["file"] == str(source)]
+        mine = [row for row in rows if row["file"] == f"file://{source}"]
         for row in mine:  # Parquet keeps every column: the rows of a file without ids have id None
             if row.get("id") is None:
                 row.pop("id", None)
