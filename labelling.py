@@ -489,7 +489,7 @@ def _onnx_module():
     return onnx_multitask
 
 
-def load_for_inference(name_or_path, backend="torch", device="cpu"):
+def load_for_inference(name_or_path, backend="torch", device="cpu", threads=None):
     r"""
     Load a saved multi-task model and its tokenizer for labelling: the one loader of the scripts.
 
@@ -502,6 +502,8 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
             installed), else `"torch"`.
         device (`str`, *optional*, defaults to `"cpu"`):
             Where the PyTorch model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`); an ONNX backend runs on the CPU.
+        threads (`int`, *optional*):
+            ONNX Runtime's intra-op threads (default: one per core), for processes that share the cores.
 
     Returns:
         `tuple`: the model (a [`MultiTaskInference`]: [`MultiTaskModel`] or [`OnnxMultiTaskModel`]), its tokenizer
@@ -545,7 +547,7 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
                     f"{name_or_path}: no {backend} export; run python export_onnx.py --model {name_or_path} first"
                 )
             # made from other weights or another config: the ValueError says to re-export
-            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized)
+            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized, threads=threads)
         tokenizer = load_saved_tokenizer(name_or_path, model.config)
     except ModelError:
         raise
@@ -555,9 +557,9 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
     return model, tokenizer, backend
 
 
-def load_model(args):
+def load_model(args, threads=None):
     """The model and tokenizer of `args.model` on `args.device` with `args.backend`, or a ModelError."""
-    model, tokenizer, _ = load_for_inference(args.model, args.backend, args.device)
+    model, tokenizer, _ = load_for_inference(args.model, args.backend, args.device, threads)
     return model, tokenizer
 
 

@@ -353,7 +353,7 @@ class Labeller:
         self.fs = filesystem(fs_spec)[0]
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         try:
-            self.model, self.tokenizer = load_model(args)
+            self.model, self.tokenizer = load_model(args, threads)  # its share of the cores
         except UserError as e:
             self.error = str(e)
 

@@ -5,6 +5,7 @@ single-process predict.py's output: the same labels, scores within 1e-5, every l
 did work (`_shards.jsonl` names the replica of each shard). The fast tier covers the planning and the refusals, which
 come before Ray is started."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -57,8 +58,8 @@ def local_rows(model_dir, source, output):
     return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
-def assert_same_predictions(ray_rows, one_rows):
-    """The same rows (line, id, labels; scores within 1e-5), each line exactly once."""
+def assert_same_predictions(ray_rows, one_rows, tolerance=1e-5):
+    """The same rows (line, id, labels; scores within `tolerance`), each line exactly once."""
     assert len(ray_rows) == len(one_rows)
     assert len({row["line"] for row in ray_rows}) == len(ray_rows)  # no line twice
     by_line = {row["line"]: row for row in ray_rows}
@@ -67,7 +68,7 @@ def assert_same_predictions(ray_rows, one_rows):
         assert got.get("id") == expected.get("id")
         for task in ("topic", "sentiment"):
             assert got[task]["label"] == expected[task]["label"], (expected["line"], task)
-            assert abs(got[task]["score"] - expected[task]["score"]) <= 1e-5
+            assert abs(got[task]["score"] - expected[task]["score"]) <= tolerance
 
 
 def ray_run(model_dir, source, output, *options):
@@ -126,6 +127,41 @@ def test_input_is_a_glob_and_hidden_files_are_left_out(tmp_path):
     assert names(str(tmp_path / "*.jsonl")) == ["a.jsonl", "b.jsonl"]
     assert names(str(tmp_path)) == ["a.jsonl", "b.jsonl", "c.txt"]
     assert names(f"file://{tmp_path}/*.txt") == ["c.txt"]
+
+
+def test_a_replica_labels_a_block_as_predict_py_does_with_each_backend(saved_tiny_model, tmp_path):
+    """`Labeller` without Ray (as a replica runs it): the rows of one block, with `file` when there are several, the
+    same as predict.py's lines for those input lines (labels; scores within 1e-5: other batches); the ONNX graph's
+    too (scores within 1e-4); a model that cannot be loaded is returned as an error."""
+    import shutil
+
+    from onnx_multitask import export
+
+    model = tmp_path / "model"
+    shutil.copytree(saved_tiny_model[2], model)
+    export(model)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_txt(corpus / "a.txt", texts(7))
+    source = write_jsonl(corpus / "b.jsonl", texts(30, seed=4))
+    one = local_rows(model, source, tmp_path / "one.jsonl")[10:20]  # input lines 11-20: block 1 of 10 rows
+    for backend in ("torch", "onnx"):
+        args = RayArguments(model=str(model), input=str(corpus), output="o", rows_per_shard=10, backend=backend)
+        fs, files = ray_labelling.input_files(args)
+        for file in files:
+            ray_labelling.plan(fs, file, 10)
+        replica = ray_labelling.Labeller(args, args.input, files, threads=1)
+        out = replica({"file": [1], "block": [1], "shard": ["shard-00001-000001.jsonl"]})
+        assert out["error"] == [""] and out["rows"] == [10] and out["worker"][0].endswith(f":{os.getpid()}")
+        rows = [json.loads(line) for line in out["data"][0].decode().splitlines()]
+        assert all(row["file"] == str(source) for row in rows) and list(rows[0])[:3] == ["line", "file", "id"]
+        for row in rows:
+            row.pop("file")
+        assert_same_predictions(rows, one, tolerance=1e-5 if backend == "torch" else 1e-4)  # other batches, graphs
+    broken = ray_labelling.Labeller(dataclasses.replace(args, backend="onnx-int8", model=str(tmp_path)), args.input,
+                                    files, threads=1)  # fmt: skip
+    out = broken({"file": [0], "block": [0], "shard": ["shard-00000-000000.jsonl"]})
+    assert out["data"] == [b""] and out["error"][0].startswith(f"{tmp_path}: ")  # said by the driver in one line
 
 
 @pytest.fixture
