@@ -427,12 +427,14 @@ def start_ray(address):
 
 
 def replicas(ray, args):
-    """(replicas, CPUs and GPUs per replica): one per GPU of the cluster (PyTorch backend), else one per CPU."""
+    """(replicas, CPUs and GPUs per replica): one per GPU of the cluster (PyTorch backend), else one per CPU; the
+    cluster's CPUs shared among the replicas, at most a node's, so that each fits on one."""
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1), int(resources.get("GPU", 0))
     gpus = gpus if args.backend == "torch" else 0  # ONNX Runtime runs on the CPU
     count = args.num_workers or gpus or max(1, int(cpus))
-    return count, max(cpus / count, 0.01), 1 if gpus else 0
+    node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    return count, max(min(cpus / count, node), 0.01), 1 if gpus else 0
 
 
 def label_corpus(args):

@@ -164,6 +164,24 @@ def test_a_replica_labels_a_block_as_predict_py_does_with_each_backend(saved_tin
     assert out["data"] == [b""] and out["error"][0].startswith(f"{tmp_path}: ")  # said by the driver in one line
 
 
+def test_replicas_default_to_the_cluster_s_gpus_or_cpus_and_fit_on_a_node():
+    class Cluster:  # two nodes of 16 CPUs (and 2 GPUs each, when `gpus`), as ray reports them
+        def __init__(self, gpus):
+            self.gpus = gpus
+
+        def cluster_resources(self):
+            return {"CPU": 32.0, **({"GPU": 4.0} if self.gpus else {})}
+
+        def nodes(self):
+            return [{"Alive": True, "Resources": {"CPU": 16.0}}] * 2 + [{"Alive": False, "Resources": {"CPU": 64.0}}]
+
+    args = RayArguments(model="m", input="i", output="o")
+    assert ray_labelling.replicas(Cluster(gpus=False), args) == (32, 1.0, 0)
+    assert ray_labelling.replicas(Cluster(gpus=False), dataclasses.replace(args, num_workers=1)) == (1, 16.0, 0)
+    assert ray_labelling.replicas(Cluster(gpus=True), args) == (4, 8.0, 1)  # one GPU each
+    assert ray_labelling.replicas(Cluster(gpus=True), dataclasses.replace(args, backend="onnx")) == (32, 1.0, 0)
+
+
 @pytest.fixture
 def recorded_run(saved_tiny_model, tmp_path):
     """An output folder whose record says it is the run of (model, in.txt, default settings), without Ray."""
