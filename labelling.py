@@ -23,11 +23,9 @@ import collections
 import dataclasses
 import errno
 import hashlib
-import heapq
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 from contextlib import contextmanager, suppress
@@ -54,7 +52,6 @@ from onnx_multitask import model_fingerprint, sha256_file
 logger = logging.getLogger(__name__)
 FORMATS = {suffix: fmt for suffix, fmt in DATA_FORMATS.items() if fmt != "parquet"}  # Parquet cannot be streamed
 BACKENDS = ("torch", "onnx", "onnx-int8")  # and "auto" for `load_for_inference`: ONNX where the model has an export
-SHARE_RECORD = "shared.json"  # in OUTPUT.parts: how many processes share the run, after which line of the output
 
 
 # A problem with the input or output file; the message names it and is shown as it is, without a traceback. The same
@@ -181,11 +178,6 @@ class Interrupted(Exception):
         self.line, self.resumable = line, resumable
 
 
-def parts_path(output):
-    """The folder of the part files of a run shared among processes (see `predict_shared`)."""
-    return output.with_name(output.name + ".parts")
-
-
 def sidecar_path(output):
     """The small JSON beside an output that records what the output belongs to (input, model, settings)."""
     return output.with_name(output.name + ".resume.json")
@@ -247,9 +239,11 @@ def model_identity(name):
     return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
 
 
+SETTINGS = ("format", "text_field", "id_field", "max_length", "with_embeddings", "backend")  # change a prediction
+
+
 def run_identity(args):
     """What an output's lines depend on: the input, the model and the settings that change a prediction."""
-    settings = ("format", "text_field", "id_field", "max_length", "with_embeddings", "backend")
     source = {"path": input_name(args)}  # read once: checked by the hash of its first lines as it is read
     if not streamed_input(args):
         try:
@@ -259,7 +253,7 @@ def run_identity(args):
     return {
         "input": source,
         "model": model_identity(args.model),
-        "settings": {name: getattr(args, name, None) for name in settings},
+        "settings": {name: getattr(args, name, None) for name in SETTINGS},
     }
 
 
@@ -272,6 +266,12 @@ def differences(recorded, current, args):
         prefix = recorded["input"].get("prefix_lines")
         if prefix is None or recorded["input"].get("prefix_sha256") != sha256_lines(args.input, prefix):
             found.append(f"the content of {args.input} (changed since, before the lines already labelled)")
+    return found + model_differences(recorded, current)
+
+
+def model_differences(recorded, current):
+    """What differs in the model and the settings between two run identities (see `run_identity`), in words."""
+    found = []
     if recorded.get("model") != current["model"]:
         found.append(f"model {recorded.get('model')} (now {current['model']})")
     for name, value in current["settings"].items():
@@ -408,7 +408,11 @@ def label_rows(model, tokenizer, records, batch_size=32, max_length=None, with_e
 
 def predict_window(model, tokenizer, records, args):
     """A window of Records as the output's JSON lines, in input order."""
-    rows = label_rows(model, tokenizer, records, args.batch_size, args.max_length, args.with_embeddings)
+    return jsonl_bytes(label_rows(model, tokenizer, records, args.batch_size, args.max_length, args.with_embeddings))
+
+
+def jsonl_bytes(rows):
+    """Output rows as JSON lines (UTF-8 bytes), as every JSONL output of predictions is written."""
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
 
 
@@ -485,7 +489,7 @@ def _onnx_module():
     return onnx_multitask
 
 
-def load_for_inference(name_or_path, backend="torch", device="cpu"):
+def load_for_inference(name_or_path, backend="torch", device="cpu", threads=None):
     r"""
     Load a saved multi-task model and its tokenizer for labelling: the one loader of the scripts.
 
@@ -498,6 +502,8 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
             Runtime is installed), `"onnx"` when it holds only the fp32 graph, else `"torch"`.
         device (`str`, *optional*, defaults to `"cpu"`):
             Where the PyTorch model runs (`"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`); an ONNX backend runs on the CPU.
+        threads (`int`, *optional*):
+            ONNX Runtime's intra-op threads (default: one per core), for processes that share the cores.
 
     Returns:
         `tuple`: the model (a [`MultiTaskInference`]: [`MultiTaskModel`] or [`OnnxMultiTaskModel`]), its tokenizer
@@ -542,7 +548,8 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
                     f"{name_or_path}: no {backend} export; run python export_onnx.py --model {name_or_path} first"
                 )
             # made from other weights or another config: the ValueError says to re-export
-            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized)
+            threading = {} if threads is None else {"threads": threads}  # default: ONNX Runtime's (one per core)
+            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized, **threading)
         tokenizer = load_saved_tokenizer(name_or_path, model.config)
     except ModelError:
         raise
@@ -552,9 +559,9 @@ def load_for_inference(name_or_path, backend="torch", device="cpu"):
     return model, tokenizer, backend
 
 
-def load_model(args):
+def load_model(args, threads=None):
     """The model and tokenizer of `args.model` on `args.device` with `args.backend`, or a ModelError."""
-    model, tokenizer, _ = load_for_inference(args.model, args.backend, args.device)
+    model, tokenizer, _ = load_for_inference(args.model, args.backend, args.device, threads)
     return model, tokenizer
 
 
@@ -584,17 +591,23 @@ def streamed_output(output):
     return output.exists() and not output.is_file()
 
 
-def process_share():
-    """(rank, world size) of this process under a launcher (torchrun, accelerate launch): (0, 1) alone."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+def check_one_process():
+    """Refuse a launch of several processes (torchrun, accelerate launch: WORLD_SIZE > 1), which would each write the
+    whole output: one process labels a file; more processes or machines share an input with `--engine ray`."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "0", "1"):
+        raise UserError(
+            f"predict.py runs as one process, not {world} (WORLD_SIZE={world}); to share an input among processes "
+            "or machines, run it once with --engine ray --num_workers N"
+        )
 
 
 def label_file(args, model=None, tokenizer=None, progress=None):
     r"""
     Label `args.input` into `args.output` (JSONL), going on after the last line written if the output is this run's.
 
-    Under a launcher with N processes, the input's windows are shared among them (see `predict_shared`); the output
-    is the same, line for line, as one process writes. An input without a text to label writes no output file (a
+    One process labels the file (a launch of several is refused: `ray_labelling` shares an input among processes or
+    machines). An input without a text to label writes no output file (a
     warning says so). The module's docstring describes the formats, the restart and the handling of bad lines.
 
     Args:
@@ -621,18 +634,12 @@ def label_file(args, model=None, tokenizer=None, progress=None):
     >>> label_file(args)  # doctest: +SKIP
     ```
     """
+    check_one_process()
     args = dataclasses.replace(args, format=input_format(args))  # the caller's arguments are left as they were
     output = check_paths(args)
-    rank, world = process_share()
     if streamed_output(output):
-        if world > 1:
-            raise InputError(f"{args.output}: is not a regular file; processes that share the input write to a file")
         last = label_stream(output, args, model, tokenizer, progress)
-    elif world > 1:
-        return predict_shared(args, output, rank, world, model, tokenizer, progress)
     else:
-        if not args.overwrite:  # an unfinished shared run's parts would be merged after this run's lines
-            check_share(output, 1, 0)
         label_into(output, args, run_identity(args), model, tokenizer, progress)
         last = output.exists()
     if last:
@@ -671,7 +678,7 @@ def label_stream(output, args, model=None, tokenizer=None, progress=None):
             except OSError as e:
                 raise write_failed(output, e, last, resumable=False) from None
             with out:
-                for todo in todo_windows(stream, args):
+                for todo in windows(read_records(stream, args), args):
                     data = predict_window(model, tokenizer, todo, args)
                     try:
                         write_all(out, data)
@@ -685,16 +692,14 @@ def label_stream(output, args, model=None, tokenizer=None, progress=None):
     return last
 
 
-def label_into(output, args, identity, model=None, tokenizer=None, progress=None, rank=0, world=1, floor=0):
-    """Label the input into `output` (a whole output, or one process's part of it), resuming after its last complete
-    line. Windows of `args.window` texts are numbered from the start of the input; window k is this process's when
-    k % world == rank. Lines up to `floor` are done already (in the merged output of an earlier shared run). A write
-    that fails (a full disk) or is interrupted is cut back to the last whole line. Returns the last line written."""
+def label_into(output, args, identity, model=None, tokenizer=None, progress=None):
+    """Label the input into `output`, resuming after its last complete line. A write that fails (a full disk) or is
+    interrupted is cut back to the last whole line. Returns the last input line written."""
     with output_lock(output):
-        return _label_into_locked(output, args, identity, model, tokenizer, progress, rank, world, floor)
+        return _label_into_locked(output, args, identity, model, tokenizer, progress)
 
 
-def _label_into_locked(output, args, identity, model, tokenizer, progress, rank, world, floor):
+def _label_into_locked(output, args, identity, model, tokenizer, progress):
     created = not output.exists()
     last, done = 0, 0
     try:
@@ -706,10 +711,8 @@ def _label_into_locked(output, args, identity, model, tokenizer, progress, rank,
             prefix = identity["input"]  # the input's record: its hash, and that of the lines labelled
             if args.overwrite:
                 out.truncate(0)
-                if world == 1:  # an unfinished shared run's parts belong to the output replaced
-                    shutil.rmtree(parts_path(output), ignore_errors=True)
             done, recorded = resume_from(output, identity, args)
-            last = done = max(done, floor)
+            last = done
             if done:
                 logger.info("%s holds predictions up to input line %d; resuming after it", output, done)
                 if recorded and "prefix_lines" in recorded["input"]:  # still true of the lines written: keep it
@@ -721,9 +724,8 @@ def _label_into_locked(output, args, identity, model, tokenizer, progress, rank,
             except OSError as e:
                 raise write_failed(output, e, done) from None
             expect = (prefix["prefix_lines"], prefix["prefix_sha256"]) if "prefix_lines" in prefix else None
-            skip = done if world == 1 else 0  # a shared run numbers the windows from the start of the input
             with open_input(args, expect) as stream:
-                for todo in todo_windows(stream, args, done, skip, rank, world):
+                for todo in windows(read_records(stream, args, skip=done), args):
                     data = predict_window(model, tokenizer, todo, args)
                     size = os.fstat(out.fileno()).st_size
                     try:
@@ -757,14 +759,6 @@ def _label_into_locked(output, args, identity, model, tokenizer, progress, rank,
     return last
 
 
-def todo_windows(stream, args, done=0, skip=0, rank=0, world=1):
-    """The Records this process labels, a window at a time: those after line `done` in windows k % world == rank."""
-    for k, window in enumerate(windows(read_records(stream, args, skip=skip), args)):
-        todo = [record for record in window if record.line > done]
-        if k % world == rank and todo:
-            yield todo
-
-
 def windows(records, args):
     """The input's good Records, `args.window` at a time, with a progress bar on a terminal. A bad line ends the last
     window early and stops the run (after that window, so that a re-run goes on from the bad line), or is skipped
@@ -788,117 +782,6 @@ def windows(records, args):
         if window:
             yield window
             bar.update(len(window))
-
-
-def unfinished_share(output):
-    """`{"processes": N, "after_line": L}` of the shared run that stopped before merging its parts into `output`
-    (after its input line L), from the record in its parts folder; None when there is none."""
-    parts = parts_path(output)
-    record = parts / SHARE_RECORD
-    if record.is_file():
-        return json.loads(record.read_text(encoding="utf-8"))
-    names = sorted(parts.glob("part-*-of-*.jsonl")) if parts.is_dir() else []
-    if names:  # parts of an older predict.py, which kept no record
-        return {"processes": int(names[0].stem.rsplit("-", 1)[1])}
-    return None
-
-
-def check_share(output, world, floor):
-    """Refuse to mix ways of writing one output: while a shared run's parts wait to be merged (after line `floor`
-    of the output), only the same number of processes may go on, and only if the output has not grown since."""
-    share = unfinished_share(output)
-    if share is None:
-        return
-    n, after = share["processes"], share.get("after_line")
-    if n != world:
-        raise InputError(
-            f"{output}: a run shared among {n} processes stopped before it finished ({parts_path(output)} holds its "
-            f"parts); run it again with {n} processes to finish it, or --overwrite to start over"
-        )
-    if after is not None and after != floor:
-        raise InputError(
-            f"{output}: changed since the {n}-process run whose parts are in {parts_path(output)} started (it held "
-            f"predictions up to input line {after}, now {floor}); --overwrite to start over"
-        )
-
-
-def predict_shared(args, output, rank, world, model=None, tokenizer=None, progress=None):
-    """N processes label one input: process r labels windows r, r + N, ... into its own part file
-    (`OUTPUT.parts/part-r-of-N.jsonl`, restartable like any output), then process 0 merges the parts in input order
-    into OUTPUT and removes them. The result is the output one process writes, line for line (same windows, same
-    batches). Run the same launcher command again after a kill: every part goes on where it stopped. Until the parts
-    are merged, the output is refused to a run with another number of processes (see `check_share`)."""
-    import datetime
-
-    import torch.distributed as dist
-
-    if args.input == "-":
-        raise InputError("--input -: stdin cannot be shared among processes; give a file")
-    if streamed_input(args):
-        raise InputError(f"--input {args.input}: is not a regular file; processes can share only a file")
-    parts = parts_path(output)
-    identity = run_identity(args)
-    floor = 0
-    if not args.overwrite:  # checked by every process before any writes: all refuse alike
-        floor = resume_from(output, identity, args)[0] if output.exists() else 0  # an earlier merged run
-        check_share(output, world, floor)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))  # for barriers only; parts are files
-    try:
-        if rank == 0:
-            if args.overwrite:
-                output.unlink(missing_ok=True)
-                sidecar_path(output).unlink(missing_ok=True)
-                shutil.rmtree(parts, ignore_errors=True)
-            parts.mkdir(exist_ok=True)
-            if not (parts / SHARE_RECORD).exists():
-                (parts / SHARE_RECORD).write_text(json.dumps({"processes": world, "after_line": floor}) + "\n")
-        dist.barrier()
-        part = parts / f"part-{rank}-of-{world}.jsonl"
-        part_args = dataclasses.replace(args, output=str(part), overwrite=False)
-        label_into(part, part_args, {**identity, "processes": world}, model, tokenizer, progress, rank, world, floor)
-        logger.info("process %d of %d labelled its part (%s)", rank, world, part)
-        dist.barrier()
-        if rank == 0:
-            merge_parts(sorted(parts.glob(f"part-*-of-{world}.jsonl")), output, run_identity(args), floor)
-            shutil.rmtree(parts)
-            logger.info("wrote %s (%d processes)", output, world)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def merge_parts(parts, output, identity, floor=0):
-    """Append the parts' lines to `output` (which ends at input line `floor`) in input order (by their `line`),
-    atomically: written aside, then renamed over the output together with its record. A line at or before one
-    already merged is refused (parts of another run): the output is left as it was."""
-    streams = [open(part, "rb") for part in parts]
-    tmp = output.with_name(f".{output.name}.merging")
-    try:
-        with open(tmp, "wb") as merged:
-            if output.exists():
-                with open(output, "rb") as earlier:
-                    shutil.copyfileobj(earlier, merged)
-            last = floor
-            for raw in heapq.merge(*streams, key=lambda raw: json.loads(raw)["line"]):
-                line = json.loads(raw)["line"]
-                if line <= last:
-                    raise InputError(
-                        f"{output}: the parts in {parts_path(output)} hold input line {line} after line {last}: "
-                        "they are not all of this run; --overwrite to start over"
-                    )
-                merged.write(raw)
-                last = line
-        write_sidecar(output, identity)
-        os.replace(tmp, output)
-    except OSError as e:
-        raise InputError(
-            f"{output}: cannot write ({e.strerror}) while merging the parts, which are kept; run the same command "
-            "to merge them"
-        ) from None
-    finally:
-        for stream in streams:
-            stream.close()
-        tmp.unlink(missing_ok=True)
 
 
 def check_address(host, port, host_flag="--host"):

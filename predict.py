@@ -20,9 +20,7 @@ content hash, the model's path and weights hash, the settings that change a pred
 last line (left by a kill) is cut off and the run resumes after the input line named by the last complete output
 line, so nothing is written twice or lost. Otherwise the run is refused, naming what differs. The input may not be
 the output itself, and a lock (`OUTPUT.lock`, while the run lasts) stops a second writer. Stdin (read once) is checked
-by the hash of its first lines: a resume from another stdin is refused before anything is written. While the parts
-of a run shared among processes (torchrun, accelerate launch) wait to be merged, the output is refused to a run with
-another number of processes. Ctrl-C, or a write that fails (a full disk), leaves the output cut back to its last
+by the hash of its first lines: a resume from another stdin is refused before anything is written. Ctrl-C, or a write that fails (a full disk), leaves the output cut back to its last
 whole line, and the one-line message says up to which input line it is complete (Ctrl-C: exit status 130); the same
 command resumes.
 
@@ -31,15 +29,24 @@ or only spaces and invisible characters, see `modeling_multitask.is_blank`): `--
 stops with `error: FILE:LINE: ...` and a non-zero exit, after writing the texts before that line, so a run re-started
 once the line is fixed continues from it; `--on_error skip` logs a warning naming the line and writes nothing for it.
 
-The work is done by `labelling.label_file`, which the demo (app.py) calls too; this script reads the command line and
-turns every mistake into one line `error: ...`.
+A corpus (a folder or glob of files, local or in object storage) on many processes or machines: `--engine ray`
+labels it on Ray Data into a folder of shards, restartable the same way (see `ray_labelling`):
+
+    python predict.py --engine ray --model outputs/model --input corpus/ --output labels/ --num_workers 2
+
+One launch of several processes (torchrun, accelerate launch) is refused: `--engine ray` is the way to share an
+input.
+
+The work is done by `labelling.label_file` (and `ray_labelling.label_corpus`), which the demo (app.py) calls too; this
+script reads the command line and turns every mistake into one line `error: ...`.
 """
 
 import dataclasses
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import transformers
 from transformers import HfArgumentParser
@@ -47,14 +54,21 @@ from transformers import HfArgumentParser
 import labelling
 from labelling import Interrupted, LabelArguments, label_file
 from multitask_data import UserError
+from ray_labelling import RayArguments, label_corpus
 
-FLAGS = tuple(f.name for f in dataclasses.fields(LabelArguments))  # a library error naming one is said as its flag
+FLAGS = tuple(f.name for f in dataclasses.fields(RayArguments))  # a library error naming one is said as its flag
+RAY_ONLY = tuple(sorted(set(FLAGS) - {f.name for f in dataclasses.fields(LabelArguments)}))  # --engine ray's
 
 
 @dataclass
-class PredictArguments(LabelArguments):
-    """predict.py's flags: the fields of `labelling.LabelArguments` (model, input, output and the options), each
-    checked there once."""
+class PredictArguments(RayArguments):
+    """predict.py's flags: the fields of `labelling.LabelArguments` (model, input, output and the options) and of
+    `ray_labelling.RayArguments` (the Ray engine's), each checked there once, and the engine."""
+
+    engine: Literal["local", "ray"] = field(
+        default="local",
+        metadata={"help": "local: this process, into one file; ray: Ray Data replicas, into a folder of shards."},
+    )
 
 
 def parse(argv):
@@ -69,6 +83,11 @@ def parse(argv):
         raise UserError(labelling.as_flag(e, FLAGS)) from None
     except (OSError, ValueError) as e:  # an arguments file that is missing, malformed or names no argument
         raise UserError(f"{argv[0]}: {' '.join(str(e).split())}") from None
+    if args.engine == "local":
+        defaults = RayArguments(model="", input="", output="")
+        for name in RAY_ONLY:
+            if getattr(args, name) != getattr(defaults, name):
+                raise UserError(f"--{name} is an option of --engine ray")
     return args
 
 
@@ -84,10 +103,16 @@ def main(argv=None):
     if not sys.stderr.isatty():  # progress bars in a log file are escape codes and carriage returns
         transformers.utils.logging.disable_progress_bar()
     try:
-        label_file(args)
+        if args.engine == "ray":
+            label_corpus(args)
+        else:
+            label_file(args)
     except UserError as e:
         print(f"error: {labelling.as_flag(e, FLAGS)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # --engine ray: the shards written are whole
+        print(f"interrupted: {args.output} holds the shards written; run the same command to resume", file=sys.stderr)
+        return 130
     except Interrupted as stop:
         if not stop.resumable:
             print(f"interrupted: {args.output} got predictions up to input line {stop.line}", file=sys.stderr)

@@ -105,6 +105,16 @@ def test_serve_load_benchmark_runs(saved_tiny_model, tmp_path):
     assert "| onnx-int8 | 32 | 4 | 30 |" in stdout and "RSS of the onnx-int8 server" in stdout
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command, starting a local Ray per Ray run
+def test_ray_predict_benchmark_runs(saved_tiny_model, tmp_path):
+    pytest.importorskip("ray")
+    data = tiny_data_dir(tmp_path)
+    stdout = run(["benchmarks.ray_predict", "--data_dir", str(data), "--model", str(saved_tiny_model[2]),
+                  "--sentences", "60", "--rows_per_shard", "20", "--replicas", "1"])  # fmt: skip
+    assert "| predict.py |" in stdout and "| ray, 1 replica |" in stdout, stdout
+    assert "target: ray with 1 replica >= 0.8x predict.py once started:" in stdout, stdout
+
+
 @pytest.mark.slow  # a smoke run: the benchmark as a real command
 def test_robustness_benchmark_runs_and_continues(backbone_dir, tmp_path):
     (tmp_path / "data").mkdir()

@@ -241,64 +241,20 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(model_dir, tmp_path, caps
     assert "\r" not in err and "\x1b[" not in err and "it/s" not in err, err
 
 
-# ----- one output, one way of writing it ------------------------------------------------------------------------------
+# ----- one output, one process ------------------------------------------------------------------------------------
 
 
-def stopped_shared_run(output, processes=2, after_line=0):
-    """What a shared run killed before merging leaves: OUTPUT.parts with a part per process and its record."""
-    parts = output.with_name(output.name + ".parts")
-    parts.mkdir()
-    for rank in range(processes):
-        (parts / f"part-{rank}-of-{processes}.jsonl").write_text(f'{{"line": {rank + 1}}}\n')
-    (parts / "shared.json").write_text(json.dumps({"processes": processes, "after_line": after_line}))
-    return parts, {p.name: p.read_bytes() for p in parts.iterdir()}
-
-
-def test_one_process_refuses_an_output_whose_shared_run_is_unfinished(model_dir, tmp_path, capsys):
+def test_a_launch_of_several_processes_is_refused_before_anything_is_written(model_dir, tmp_path, capsys, monkeypatch):
     source, output = write_lines(tmp_path / "in.txt", TEXTS), tmp_path / "out.jsonl"
-    parts, before = stopped_shared_run(output)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as torchrun or accelerate launch set it: each process would write it all
     assert run(model_dir, source, output) == 1
     assert last_error(capsys) == (
-        f"error: {output}: a run shared among 2 processes stopped before it finished ({parts} holds its parts); run "
-        "it again with 2 processes to finish it, or --overwrite to start over"
+        "error: predict.py runs as one process, not 4 (WORLD_SIZE=4); to share an input among processes or machines, "
+        "run it once with --engine ray --num_workers N"
     )
-    assert {p.name: p.read_bytes() for p in parts.iterdir()} == before and not output.exists()
-
-    assert run(model_dir, source, output, "--overwrite") == 0  # starts over, the parts with it
-    assert not parts.exists() and lines_of(output) == list(range(1, 7))
-
-
-def test_a_shared_run_refuses_parts_of_another_size_or_an_output_grown_since(model_dir, tmp_path, capsys, monkeypatch):
-    source, output = write_lines(tmp_path / "in.txt", TEXTS), tmp_path / "out.jsonl"
-    assert run(model_dir, source, output) == 0  # one process labelled it all after the shared run stopped
-    written = output.read_bytes()
-    parts, before = stopped_shared_run(output)
-    import torch.distributed as dist
-
-    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("the refusal comes before this"))
-    monkeypatch.setattr(labelling, "process_share", lambda: (0, 3))
-    assert run(model_dir, source, output) == 1
-    assert "a run shared among 2 processes stopped before it finished" in last_error(capsys)
-    monkeypatch.setattr(labelling, "process_share", lambda: (0, 2))
-    assert run(model_dir, source, output) == 1
-    assert last_error(capsys) == (
-        f"error: {output}: changed since the 2-process run whose parts are in {parts} started (it held predictions up "
-        "to input line 0, now 6); --overwrite to start over"
-    )
-    assert output.read_bytes() == written and {p.name: p.read_bytes() for p in parts.iterdir()} == before
-
-
-def test_merging_parts_that_repeat_a_line_is_refused_and_changes_nothing(tmp_path):
-    output = tmp_path / "out.jsonl"
-    output.write_text('{"line": 1}\n{"line": 2}\n')
-    parts = tmp_path / "out.jsonl.parts"
-    parts.mkdir()
-    (parts / "part-0-of-2.jsonl").write_text('{"line": 2}\n{"line": 3}\n')
-    (parts / "part-1-of-2.jsonl").write_text('{"line": 4}\n')
-    with pytest.raises(labelling.InputError, match=r"hold input line 2 after line 2: they are not all of this run"):
-        labelling.merge_parts(sorted(parts.glob("*.jsonl")), output, {}, floor=2)
-    assert output.read_text() == '{"line": 1}\n{"line": 2}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.parts"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a launch of one process is one process
+    assert run(model_dir, source, output) == 0 and lines_of(output) == list(range(1, 7))
 
 
 # ----- the catalogue: careless use ------------------------------------------------------------------------------------
