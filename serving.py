@@ -43,7 +43,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modeling_multitask import is_blank
 
 logger = logging.getLogger(__name__)
-ENDPOINTS = ("/predict", "/embed", "/v1/embeddings", "/health", "/info", "/metrics")
+WORK_ENDPOINTS = ("/predict", "/embed", "/v1/embeddings")  # what goes through the queue
+ENDPOINTS = (*WORK_ENDPOINTS, "/health", "/info", "/metrics")
 
 
 @dataclass
@@ -140,12 +141,8 @@ class Batcher:
         with self.cond:
             if not self.admitting:
                 raise ClientError(503, "the server is shutting down", {"Retry-After": "5"})
-            if self.pending + len(texts) > self.options.max_queue:
-                raise ClientError(
-                    503,
-                    f"the server is busy: {self.pending} texts queued, at most {self.options.max_queue} (--max_queue)",
-                    {"Retry-After": "1"},
-                )
+            if (busy := self.busy(len(texts))) is not None:
+                raise busy
             self.pending += len(texts)
             self.metrics.queue_depth.set(self.pending)
             self.jobs.append(Job(kind, texts, option, future, loop, time.monotonic()))
@@ -159,6 +156,13 @@ class Batcher:
             return await future
         finally:
             future.cancel()  # a request cancelled (or its client gone) while queued: the worker skips it
+
+    def busy(self, adding=1):
+        """The 503 for a request of `adding` texts that would take the queue past max_queue; None when it fits."""
+        if self.pending + adding <= self.options.max_queue:
+            return None
+        message = f"the server is busy: {self.pending} texts queued, at most {self.options.max_queue} (--max_queue)"
+        return ClientError(503, message, {"Retry-After": "1"})
 
     def _take(self):
         """Wait for a job, then up to max_wait_ms for others; pop up to max_batch_size texts (at least one job)."""
@@ -370,8 +374,9 @@ def create_app(
         serve(model, tokenizer, backend)
 
     async def count(scope, receive, send, inner):
-        """Pure ASGI (a BaseHTTPMiddleware would hide a client's disconnect from the endpoint): refuse a body whose
-        Content-Length is over the limit, and count every request by endpoint and status."""
+        """Pure ASGI (a BaseHTTPMiddleware would hide a client's disconnect from the endpoint): refuse work while the
+        queue is full and a body whose Content-Length is over the limit, and count every request by endpoint and
+        status."""
         if scope["type"] != "http":
             return await inner(scope, receive, send)
         start = time.monotonic()
@@ -384,8 +389,11 @@ def create_app(
             await send(message)
 
         length = dict(scope["headers"]).get(b"content-length", b"")
+        busy = batcher.busy() if endpoint in WORK_ENDPOINTS and scope["method"] == "POST" else None
         try:
-            if length.isdigit() and int(length) > options.max_body_bytes:
+            if busy is not None:  # a full queue is said before the body is read: overload costs little to refuse
+                await error_response(busy.status, str(busy), busy.headers)(scope, receive, send_status)
+            elif length.isdigit() and int(length) > options.max_body_bytes:
                 response = error_response(
                     413, f"request body of {int(length)} bytes; at most {options.max_body_bytes} (--max_body_bytes)"
                 )

@@ -78,6 +78,24 @@ def test_onnx_speed_benchmark_runs(backbone_dir, tmp_path):
     assert (model / "onnx" / "model_int8.onnx").is_file()
 
 
+@pytest.mark.slow  # a smoke run: the benchmark as a real command
+def test_int8_invariance_benchmark_runs(saved_tiny_model, tmp_path):
+    import shutil
+
+    from onnx_multitask import export
+
+    data = tiny_data_dir(tmp_path)
+    model = shutil.copytree(saved_tiny_model[2], tmp_path / "model")
+    export(model)
+    stdout = run(["benchmarks.int8_invariance", "--data_dir", str(data), "--model", str(model), "--sentences", "8",
+                  "--speed_sentences", "40", "--rounds", "1"])  # fmt: skip
+    invariance, speed = stdout.split("\nspeed")
+    rows = [line for line in invariance.splitlines() if line.startswith(("| fp32", "| int8"))]
+    assert len(rows) == 3 and rows[2].startswith("| int8, the export (per-token) |"), stdout
+    assert float(rows[2].split("|")[2]) < 1e-5 and rows[2].endswith("| 0 of 16 |")  # the export: batch-invariant
+    assert len([line for line in speed.splitlines() if line.startswith(("| fp32", "| int8"))]) == 3, stdout
+
+
 @pytest.mark.slow  # a smoke run: the benchmark as a real command (it starts servers)
 def test_serve_load_benchmark_runs(saved_tiny_model, tmp_path):
     import shutil
