@@ -548,8 +548,7 @@ def load_for_inference(name_or_path, backend="torch", device="cpu", threads=None
                     f"{name_or_path}: no {backend} export; run python export_onnx.py --model {name_or_path} first"
                 )
             # made from other weights or another config: the ValueError says to re-export
-            threading = {} if threads is None else {"threads": threads}  # default: ONNX Runtime's (one per core)
-            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized, **threading)
+            model = onnx.OnnxMultiTaskModel.from_pretrained(name_or_path, quantized=quantized, threads=threads)
         tokenizer = load_saved_tokenizer(name_or_path, model.config)
     except ModelError:
         raise

@@ -474,7 +474,7 @@ def create_app(
         if encoding not in ("float", "base64"):
             raise ClientError(422, f"encoding_format must be float or base64, got {json.dumps(encoding)}")
         texts, _, vectors = await embeddings(request, body, "input", "/v1/embeddings")
-        model, tokenizer = served().model, served().tokenizer
+        model, tokenizer = (current := served()).model, current.tokenizer
         tokens = sum(
             len(tokenizer(t, truncation=True, max_length=model.input_limit(tokenizer))["input_ids"]) for t in texts
         )

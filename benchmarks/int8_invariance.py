@@ -12,15 +12,18 @@ median of `--rounds`), so the int8 methods' cost is compared in one run.
 """
 
 import argparse
+import itertools
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from configuration_multitask import MultiTaskConfig
 from modeling_multitask import load_saved_tokenizer
 from onnx_multitask import graph_path, read_manifest
 
@@ -35,9 +38,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def first_texts(path, n):
+def read_texts(path, n=None):
+    """The `text` of the first `n` lines of a JSONL file (every line when n is None)."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line, _ in zip(f, range(n), strict=False)]
+        return [json.loads(line)["text"] for line in itertools.islice(f, n)]
 
 
 def probabilities(session, tokenizer, names, texts):
@@ -59,8 +63,6 @@ def compare(session, tokenizer, names, texts):
 
 def speeds(sessions, tokenizer, names, texts, rounds):
     """{graph: {batch: sentences/s}}: each graph in turn on the same pre-tokenised batches, median of `rounds`."""
-    import time
-
     batches = {}
     for size in (32, 1):
         chunk = texts if size == 32 else texts[:128]
@@ -85,9 +87,7 @@ def main(argv=None):
         raise SystemExit(f"error: {args.model}: no ONNX export; run python export_onnx.py --model {args.model}")
     half = args.sentences // 2
     data = Path(args.data_dir)
-    texts = first_texts(data / "sentiment_dev.jsonl", half) + first_texts(data / "topic_dev.jsonl", half)
-    from configuration_multitask import MultiTaskConfig
-
+    texts = read_texts(data / "sentiment_dev.jsonl", half) + read_texts(data / "topic_dev.jsonl", half)
     tokenizer = load_saved_tokenizer(args.model, MultiTaskConfig.from_pretrained(args.model))
     names = manifest["inputs"]
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice on pre-processing
@@ -110,7 +110,7 @@ def main(argv=None):
             difference, flips, labels = compare(session, tokenizer, names, texts)
             print(f"| {name} | {difference:.2e} | {flips} of {labels} |", flush=True)
         if args.speed_sentences > 0:
-            pool = first_texts(data / "sentiment_dev.jsonl", 10**9) + first_texts(data / "topic_dev.jsonl", 10**9)
+            pool = read_texts(data / "sentiment_dev.jsonl") + read_texts(data / "topic_dev.jsonl")
             pool = [pool[i % len(pool)] for i in range(args.speed_sentences)]
             result = speeds(sessions, tokenizer, names, pool, args.rounds)
             base = result["fp32"]

@@ -111,7 +111,7 @@ class FakeOnnx:
     def has_onnx(self, model_dir, quantized=False):
         return quantized in self.exported
 
-    def from_pretrained(self, model_dir, quantized=False):
+    def from_pretrained(self, model_dir, quantized=False, threads=None):
         self.calls.append((str(model_dir), quantized))
         return self.model
 
