@@ -103,8 +103,8 @@ class ModelArguments:
     student_layer_choice: str = field(
         default=DEFAULT_LAYER_CHOICE,
         metadata={
-            "help": "With --teacher: which teacher layers the student keeps: spread (the lowest, the top and the "
-            "others evenly between; 6 -> 3 keeps 0,3,5), lowest (the first N), or indices such as 0,2,4."
+            "help": "With --teacher: which teacher layers the student keeps: lowest (the first N, the default), spread "
+            "(the lowest, the top and the others evenly between; 6 -> 3 keeps 0,3,5), or indices such as 0,2,4."
         },
     )
     license: str = field(

@@ -4,7 +4,7 @@
 
 The teacher is a train.py model of the bundled encoder on both training sets (--teacher DIR; without it, the benchmark
 trains one with train.py's defaults into OUTPUT_DIR/teacher). For each student depth (--layers, default 3 2), layer
-choice (--layer_choices, default spread) and seed (--seeds), up to three train.py runs with the same options:
+choice (--layer_choices, default lowest) and seed (--seeds), up to three train.py runs with the same options:
 
 - `distilled`: `--teacher DIR --student_layers N` on the labelled training data (the teacher's answers on every row
   plus the gold labels);

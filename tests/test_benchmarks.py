@@ -316,15 +316,15 @@ def test_student_benchmark_runs_and_continues(backbone_dir, tmp_path):
             "--layers", "1", "--seeds", "42", "--epochs", "1", "--unlabelled_rows", "12",
             "--speed_sentences", "16", "--latency_sentences", "2", "--batch_size", "8", "--rounds", "1"]  # fmt: skip
     stdout = run(args)
-    for marker in ("| teacher | all | - | - |", "| distilled | 1 | spread | 42 |", "| unlabelled | 1 | spread | 42 |",
-                   "| gold | 1 | spread | 42 |", "| student L1, onnx int8 |", "| teacher, torch fp32 |"):  # fmt: skip
+    for marker in ("| teacher | all | - | - |", "| distilled | 1 | lowest | 42 |", "| unlabelled | 1 | lowest | 42 |",
+                   "| gold | 1 | lowest | 42 |", "| student L1, onnx int8 |", "| teacher, torch fp32 |"):  # fmt: skip
         assert marker in stdout, stdout
     results = json.loads((out / "results.json").read_text())
     runs = {name: records[0] for name, records in results["runs"].items()}
-    assert runs["unlabelled-L1-spread"]["train_examples"] == runs["distilled-L1-spread"]["train_examples"] + 12
-    assert runs["gold-L1-spread"]["settings"]["distill_weight"] == 0.0
-    assert (out / "teacher" / "config.json").is_file() and (out / "models" / "distilled-L1-spread-seed42").is_dir()
-    assert not (out / "models" / "gold-L1-spread-seed42").exists()  # only the speed runs' students are kept
+    assert runs["unlabelled-L1-lowest"]["train_examples"] == runs["distilled-L1-lowest"]["train_examples"] + 12
+    assert runs["gold-L1-lowest"]["settings"]["distill_weight"] == 0.0
+    assert (out / "teacher" / "config.json").is_file() and (out / "models" / "distilled-L1-lowest-seed42").is_dir()
+    assert not (out / "models" / "gold-L1-lowest-seed42").exists()  # only the speed runs' students are kept
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0 and result.stderr.count("(stored result)") == 3, result.stderr[-3000:]

@@ -59,9 +59,10 @@ def test_a_student_of_the_lowest_layers_answers_as_the_teacher_cut_short(make_ba
 
 
 def test_student_layer_indices_and_their_refusals():
-    assert student_layer_indices(6, 3) == [0, 3, 5] and student_layer_indices(6, 2) == [0, 5]
-    assert student_layer_indices(12, 6) == [0, 2, 4, 7, 9, 11] and student_layer_indices(6, 1) == [5]
-    assert student_layer_indices(6, 3, "lowest") == [0, 1, 2] and student_layer_indices(6, 3, [0, 2, 4]) == [0, 2, 4]
+    spread = lambda depth, n: student_layer_indices(depth, n, "spread")  # noqa: E731
+    assert spread(6, 3) == [0, 3, 5] and spread(6, 2) == [0, 5] and spread(12, 6) == [0, 2, 4, 7, 9, 11]
+    assert spread(6, 1) == [5] and student_layer_indices(6, 1) == [0]  # the default: the lowest
+    assert student_layer_indices(6, 3) == [0, 1, 2] and student_layer_indices(6, 3, [0, 2, 4]) == [0, 2, 4]
     for num_layers in (0, 6, 7, True):
         with pytest.raises(ValueError, match=r"^num_layers must be an int in \[1, 5\] \(the teacher has 6 layers\)"):
             student_layer_indices(6, num_layers)
@@ -178,10 +179,10 @@ def test_a_student_trains_on_labelled_and_unlabelled_text_saves_reloads_and_expo
     assert all(entry["loss_distill"] > 0 for entry in history if "loss_distill" in entry)
     assert sum("loss_distill" in entry for entry in history) == 4
     config = json.loads((out / "config.json").read_text())
-    assert config["backbone_config"]["num_hidden_layers"] == 1 and config["student_layers"] == [1]
+    assert config["backbone_config"]["num_hidden_layers"] == 1 and config["student_layers"] == [0]
     assert config["distilled_from"].startswith("tiny-model")  # the teacher's folder name, not a path of this machine
     card = (out / "README.md").read_text()
-    assert f"A student of `{config['distilled_from']}`: 1 encoder layers, copies of the\nteacher's layers 1" in card
+    assert f"A student of `{config['distilled_from']}`: 1 encoder layers, copies of the\nteacher's layers 0" in card
     assert "weight 1, temperature 2" in card and "- distillation" in card
     student = MultiTaskModel.from_pretrained(out).eval()
     from modeling_multitask import load_saved_tokenizer
@@ -232,13 +233,13 @@ def test_the_provenance_is_saved_for_a_student_only(make_backbone_config, tmp_pa
     make_student(teacher, 1, teacher_name="hub-user/teacher").config.save_pretrained(tmp_path / "student")
     saved = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("teacher", "student")}
     assert "distilled_from" not in saved["teacher"] and "student_layers" not in saved["teacher"]  # as before
-    assert saved["student"]["distilled_from"] == "hub-user/teacher" and saved["student"]["student_layers"] == [1]
+    assert saved["student"]["distilled_from"] == "hub-user/teacher" and saved["student"]["student_layers"] == [0]
     with caplog.at_level("WARNING"):
         config = MultiTaskConfig.from_saved_model(tmp_path / "student")
         assert MultiTaskConfig.from_saved_model(tmp_path / "teacher").distilled_from is None
     assert (config.distilled_from, config.student_layers, config.backbone_config.num_hidden_layers) == (
         "hub-user/teacher",
-        [1],
+        [0],
         1,
     )
     assert "does not know" not in caplog.text  # no "saved by a newer version" warning
