@@ -3,8 +3,19 @@
 Plain helpers (constants, argument lists, file writers) are in helpers.py."""
 
 import os
+import signal
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: nothing comes from the Hub
+
+
+def pytest_configure(config):
+    """Python's own Ctrl-C handler, as in a terminal. A pytest started in the background (`... &` without job control)
+    inherits SIGINT ignored, and so would every command it starts; the Ctrl-C tests (in this process and in the
+    commands they interrupt) would then see the scripts rightly ignore it. A Python handler is reset to the default on
+    exec, so the commands the tests start get Python's own handler too."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
